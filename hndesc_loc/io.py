@@ -1,0 +1,286 @@
+"""All file formats of the project: images, hloc feature/match HDF5 files, pair
+lists, query lists with intrinsics, results files. Steps never re-implement these.
+
+Conventions (hloc 1.5):
+- features: one group per image named by its path relative to the image root, with
+  `keypoints` [N,2] (origin at the centre of the top-left pixel), `descriptors` [D,N],
+  `scores` [N], `image_size` [2] (w,h); global files hold `global_descriptor` [D].
+- matches: group `name0.replace('/','-') + '/' + name1.replace('/','-')` with
+  `matches0` [N0] (-1 = unmatched) and `matching_scores0` [N0].
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import h5py
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff")
+_STAGING = "__staging__"  # items are written here, then moved to their name once complete
+
+
+# ----------------------------------------------------------------------------- images
+def read_image(path: Path, grayscale: bool = False) -> np.ndarray:
+    """Read an image as RGB uint8 [H,W,3] (or [H,W] if grayscale); clear error if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image {path} does not exist: check image_dir / the image list.")
+    mode = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
+    image = cv2.imread(str(path), mode)
+    if image is None or image.size == 0:
+        raise ValueError(
+            f"Cannot decode image {path}: the file is corrupt or not an image. "
+            "Replace or remove it (or drop it from the image list) and rerun."
+        )
+    if not grayscale:
+        image = image[:, :, ::-1].copy()  # BGR -> RGB
+    return image
+
+
+def list_images(root: Path, prefix: str = "") -> list[str]:
+    """Image names (posix paths relative to `root`) under `root/prefix`, sorted."""
+    root = Path(root)
+    base = root / prefix if prefix else root
+    if not base.is_dir():
+        raise FileNotFoundError(f"Image folder {base} does not exist.")
+    names = sorted(
+        p.relative_to(root).as_posix()
+        for p in base.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not names:
+        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {base}.")
+    return names
+
+
+# -------------------------------------------------------------------------- HDF5 files
+def open_h5(path: Path, mode: str = "r") -> h5py.File:
+    """Open an HDF5 file the way hloc does; a corrupt file gets a clear error."""
+    path = Path(path)
+    if mode == "r" and not path.exists():
+        raise FileNotFoundError(f"HDF5 file {path} does not exist.")
+    try:
+        fd = h5py.File(str(path), mode, libver="latest")
+    except OSError as e:
+        raise OSError(
+            f"Cannot open HDF5 file {path} ({e}). If a previous run was killed while writing it, "
+            "delete it and rerun."
+        ) from e
+    if mode != "r" and _STAGING in fd:
+        del fd[_STAGING]  # leftovers of a killed run: never trusted
+    return fd
+
+
+def _list_groups(fd: h5py.File) -> set[str]:
+    names: set[str] = set()
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            parent = name.rsplit("/", 1)[0]
+            if not parent.startswith(_STAGING):
+                names.add(parent)
+
+    fd.visititems(visit)
+    return names
+
+
+def list_h5_names(path: Path) -> set[str]:
+    """Names of all items (groups holding datasets) in a feature or match file."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    with open_h5(path) as fd:
+        return _list_groups(fd)
+
+
+def write_item(fd: h5py.File, name: str, data: dict[str, np.ndarray], attrs: dict | None = None,
+               dataset_attrs: dict[str, dict] | None = None) -> None:
+    """Write one item atomically at the HDF5 level: datasets go to a staging group
+    that is moved to `name` only when complete, so a killed run never leaves a
+    partial item that skip-existing would trust."""
+    tmp = f"{_STAGING}/{uuid.uuid4().hex}"
+    grp = fd.create_group(tmp)
+    for key, value in data.items():
+        dset = grp.create_dataset(key, data=value)
+        for k, v in (dataset_attrs or {}).get(key, {}).items():
+            dset.attrs[k] = v
+    for k, v in (attrs or {}).items():
+        grp.attrs[k] = v
+    if name in fd:
+        del fd[name]
+    parent = name.rsplit("/", 1)[0] if "/" in name else None
+    if parent is not None and parent not in fd:
+        fd.create_group(parent)
+    fd.move(tmp, name)
+    if not len(fd[_STAGING]):
+        del fd[_STAGING]
+    fd.flush()
+
+
+def read_features(path: Path, name: str, keys: Iterable[str] = ("keypoints", "descriptors", "scores")) -> dict:
+    with open_h5(path) as fd:
+        if name not in fd:
+            raise KeyError(f"Image '{name}' is not in feature file {path}: extract features for it first.")
+        return {k: fd[name][k].__array__() for k in keys if k in fd[name]}
+
+
+def get_keypoints(path: Path, name: str, return_uncertainty: bool = False):
+    with open_h5(path) as fd:
+        if name not in fd:
+            raise KeyError(f"Image '{name}' is not in feature file {path}: extract features for it first.")
+        dset = fd[name]["keypoints"]
+        kpts = dset.__array__()
+        unc = dset.attrs.get("uncertainty")
+    return (kpts, unc) if return_uncertainty else kpts
+
+
+# ---------------------------------------------------------------------------- matches
+def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
+    return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))
+
+
+def names_to_pair_old(name0: str, name1: str) -> str:
+    return names_to_pair(name0, name1, separator="_")
+
+
+def find_pair(fd: h5py.File, name0: str, name1: str) -> tuple[str, bool] | None:
+    """Key of a pair in a match file and whether it is stored reversed; None if absent."""
+    for key, reverse in (
+        (names_to_pair(name0, name1), False),
+        (names_to_pair(name1, name0), True),
+        (names_to_pair_old(name0, name1), False),
+        (names_to_pair_old(name1, name0), True),
+    ):
+        if key in fd and "matches0" in fd[key]:
+            return key, reverse
+    return None
+
+
+def get_matches(path: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """Matches [M,2] (indices into name0, name1) and scores [M]."""
+    with open_h5(path) as fd:
+        found = find_pair(fd, name0, name1)
+        if found is None:
+            raise KeyError(f"Pair ({name0}, {name1}) not found in match file {path}: run match_features on it.")
+        key, reverse = found
+        matches = fd[key]["matches0"].__array__()
+        scores = fd[key]["matching_scores0"].__array__()
+    idx = np.where(matches != -1)[0]
+    m = np.stack([idx, matches[idx]], -1)
+    if reverse:
+        m = np.flip(m, -1).copy()
+    return m, scores[idx]
+
+
+# ------------------------------------------------------------------------------ pairs
+def parse_pairs(path: Path) -> list[tuple[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Pair file {path} does not exist.")
+    pairs = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise ValueError(f"{path}:{i + 1}: expected 'name0 name1', got '{line}'.")
+        pairs.append((parts[0], parts[1]))
+    if not pairs:
+        raise ValueError(f"Pair file {path} is empty: nothing to match. Check the step that wrote it.")
+    return pairs
+
+
+def parse_retrieval(path: Path) -> dict[str, list[str]]:
+    retrieval: dict[str, list[str]] = {}
+    for q, r in parse_pairs(path):
+        retrieval.setdefault(q, []).append(r)
+    return retrieval
+
+
+def write_pairs(path: Path, pairs: Iterable[tuple[str, str]]) -> None:
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError(f"No pairs to write to {path}.")
+    write_text_atomic(path, "".join(f"{a} {b}\n" for a, b in pairs))
+
+
+# ------------------------------------------------------------------ queries, results
+def parse_image_list_with_intrinsics(path: Path) -> list[tuple[str, "object"]]:
+    """Parse `name MODEL w h params...` lines into (name, pycolmap.Camera)."""
+    import pycolmap
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Query list {path} does not exist.")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, model, w, h, *params = line.split()
+        try:
+            camera = pycolmap.Camera(model=model, width=int(w), height=int(h), params=[float(p) for p in params])
+        except Exception as e:  # pycolmap raises on unknown models / wrong param counts
+            raise ValueError(f"{path}:{i + 1}: invalid camera '{model}' with {len(params)} params ({e}).") from e
+        if not camera.verify_params():
+            raise ValueError(f"{path}:{i + 1}: camera model {model} expects a different number of params than {len(params)}.")
+        out.append((name, camera))
+    if not out:
+        raise ValueError(f"Query list {path} is empty.")
+    return out
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary name so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`, renamed to `path` on success only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+
+
+def write_poses(path: Path, poses: dict[str, "object"]) -> None:
+    """Results file of visuallocalization.net: `name qw qx qy qz tx ty tz` (cam_from_world)."""
+    lines = []
+    for name, cam_from_world in poses.items():
+        qx, qy, qz, qw = cam_from_world.rotation.quat  # pycolmap: xyzw
+        tx, ty, tz = cam_from_world.translation
+        lines.append(f"{name} {qw} {qx} {qy} {qz} {tx} {ty} {tz}\n")
+    write_text_atomic(path, "".join(lines))
+
+
+def read_poses(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read a results file into name -> (qvec wxyz, tvec)."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        name, *vals = line.split()
+        vals = np.array(vals, float)
+        out[name] = (vals[:4], vals[4:7])
+    return out

@@ -1,0 +1,64 @@
+"""`lite`: a small HNDesc backbone for the CPU (about 0.2 M parameters).
+
+Depthwise-separable encoder down to stride 16; the descriptor of a keypoint is an
+MLP over the encoder features bilinearly sampled at stride 4, 8 and 16. Because the
+head runs on sampled features, extraction only pays for it at the keypoints, and the
+dense map (`dense`) is the same function evaluated at every stride-4 cell.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sampling import dense_keypoints, sample_features
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def sep_conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """Depthwise 3x3 (stride) + pointwise 1x1, each with BatchNorm and ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class LiteBackbone(nn.Module):
+    stride = 4
+    coarse_stride = 16
+    widths = (16, 32, 48, 64, 128)
+
+    def __init__(self, descriptor_dim: int = 128, coarse_dim: int = 128):
+        super().__init__()
+        c1, c2, c4, c8, c16 = self.widths
+        self.descriptor_dim, self.coarse_dim = descriptor_dim, coarse_dim
+        self.block2 = nn.Sequential(conv_bn(3, c1, 2))
+        self.block4 = nn.Sequential(conv_bn(c1, c2, 2), sep_conv(c2, c4))
+        self.block8 = nn.Sequential(sep_conv(c4, c8, 2), sep_conv(c8, c8))
+        self.block16 = nn.Sequential(sep_conv(c8, c16, 2), sep_conv(c16, c16), sep_conv(c16, coarse_dim))
+        self.head = nn.Sequential(
+            nn.Linear(c4 + c8 + coarse_dim, 256), nn.ReLU(inplace=True), nn.Linear(256, descriptor_dim)
+        )
+
+    def forward(self, image: torch.Tensor) -> dict:
+        """image [B,3,H,W] normalised -> encoder maps at strides 4, 8, 16 ('coarse' is stride 16)."""
+        x4 = self.block4(self.block2(image))
+        x8 = self.block8(x4)
+        x16 = self.block16(x8)
+        return {"f4": x4, "f8": x8, "coarse": x16, "image_size": image.shape[-2:]}
+
+    def describe(self, feats: dict, keypoints: torch.Tensor) -> torch.Tensor:
+        """Descriptors [B,D,N] at keypoints [B,N,2] (image pixels, centre origin)."""
+        sampled = torch.cat(
+            [sample_features(feats["f4"], keypoints, 4), sample_features(feats["f8"], keypoints, 8),
+             sample_features(feats["coarse"], keypoints, 16)], 1)
+        desc = self.head(sampled.transpose(1, 2)).transpose(1, 2)
+        return F.normalize(desc, dim=1)
+
+    def dense(self, feats: dict) -> torch.Tensor:
+        """Dense descriptor map [B,D,h,w] at stride 4."""
+        h, w = feats["f4"].shape[-2:]
+        kp = dense_keypoints((h * 4, w * 4), 4, feats["f4"].device)
+        kp = kp[None].expand(feats["f4"].shape[0], -1, -1)
+        return self.describe(feats, kp).reshape(kp.shape[0], -1, h, w)

@@ -1,0 +1,100 @@
+"""HNDesc network (backbone + global head) and checkpoint loading."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .caps import CapsBackbone
+from .global_head import GlobalHead
+from .lite import LiteBackbone
+
+BACKBONES = {"lite": LiteBackbone, "caps": CapsBackbone}
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite.pt", "caps": WEIGHTS_DIR / "hndesc_caps.pt"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class HNDescNet(nn.Module):
+    """Backbone (local descriptors) + global head, on RGB images in [0,1]."""
+
+    def __init__(self, backbone: str = "lite"):
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise KeyError(f"Unknown backbone '{backbone}'; choose one of {sorted(BACKBONES)}.")
+        self.backbone_name = backbone
+        self.backbone = BACKBONES[backbone]()
+        self.global_head = GlobalHead(self.backbone.coarse_dim)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> dict:
+        """image [B,3,H,W] RGB in [0,1] -> backbone feature dict."""
+        if image.shape[1] == 1:
+            image = image.expand(-1, 3, -1, -1)
+        return self.backbone((image - self.mean) / self.std)
+
+    def describe(self, feats: dict, keypoints: torch.Tensor) -> torch.Tensor:
+        return self.backbone.describe(feats, keypoints)
+
+    def global_descriptor(self, feats: dict) -> torch.Tensor:
+        return self.global_head(feats["coarse"])
+
+
+def _extract_state_dict(ckpt) -> dict:
+    for key in ("model", "state_dict"):
+        if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
+            return ckpt[key]
+    if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt
+    raise ValueError("checkpoint holds no state dict (expected a 'model' or 'state_dict' entry)")
+
+
+def load_checkpoint(path: str | Path, backbone: str | None = None) -> HNDescNet:
+    """Load our checkpoints (`{'model', 'backbone', ...}`), HNDesc release checkpoints
+    (backbone keys under `state_dict`) or CAPS release checkpoints (same with `net.`).
+
+    Release checkpoints carry no global head: it stays at its initialisation (GeM,
+    identity whitening)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Weights file {path} does not exist. Ship-trained lite weights live in hndesc_loc/weights/; "
+            "train others with `python -m hndesc_loc.train` or pass the path of an HNDesc/CAPS release checkpoint."
+        )
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    try:
+        state = _extract_state_dict(ckpt)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    if state and all(k.startswith("net.") for k in state):
+        state = {k[len("net."):]: v for k, v in state.items()}
+    if backbone is None:
+        backbone = ckpt.get("backbone", "caps") if isinstance(ckpt, dict) else "caps"
+    net = HNDescNet(backbone)
+    full = any(k.startswith("backbone.") for k in state)
+    target = net if full else net.backbone
+    result = target.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"Checkpoint {path} does not fit the '{backbone}' HNDesc network.\n"
+            f"  missing keys ({len(result.missing_keys)}): {result.missing_keys[:20]}\n"
+            f"  unexpected keys ({len(result.unexpected_keys)}): {result.unexpected_keys[:20]}"
+        )
+    return net.eval()
+
+
+def load_network(weights: str | Path, backbone: str) -> HNDescNet:
+    """`weights='default'` is the shipped file for the backbone; anything else is a path."""
+    if weights in (None, "default"):
+        path = SHIPPED_WEIGHTS[backbone]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No shipped weights for backbone '{backbone}' ({path} is absent). "
+                f"Train it with `python -m hndesc_loc.train --config configs/train/{backbone}.yaml` and pass "
+                "model.weights=<checkpoint>, or use the 'hndesc' conf (lite backbone, shipped weights)."
+            )
+        weights = path
+    return load_checkpoint(weights, backbone)

@@ -1,0 +1,1 @@
+"""Self-supervised HNDesc training (`python -m hndesc_loc.train --config ...`)."""

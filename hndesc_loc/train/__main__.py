@@ -1,0 +1,62 @@
+"""python -m hndesc_loc.train --config configs/train/lite.yaml [key=value ...] [--resume] [--show-samples]"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .. import logger
+from ..extract_features import parse_overrides
+
+
+def show_samples(trainer, path: Path, n: int = 8):
+    """Grid of training pairs (view A | view B, keypoints and their warped positions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    batch = trainer.sampler.batch(rng, [int(rng.integers(len(trainer.sampler))) for _ in range(n)])
+    fig, axes = plt.subplots(n // 2, 4, figsize=(12, 3 * n // 2))
+    for i in range(n):
+        for j, key in enumerate(("image0", "image1")):
+            ax = axes[i // 2, 2 * (i % 2) + j]
+            ax.imshow(batch[key][i].permute(1, 2, 0).numpy())
+            kp = batch[f"keypoints{j}"][i][batch["valid"][i]].numpy()[:40]
+            ax.scatter(kp[:, 0], kp[:, 1], s=4, c=np.arange(len(kp)), cmap="hsv")
+            ax.set_title(f"{'A' if j == 0 else 'B: ' + batch['appearance'][i]}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    logger.info("Wrote training samples to %s", path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true", help="continue from output_dir/latest.pt")
+    parser.add_argument("--show-samples", action="store_true", help="write output_dir/samples.png and exit")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    if not args.config.is_file():
+        raise FileNotFoundError(f"Config {args.config} does not exist.")
+    conf = parse_overrides(yaml.safe_load(args.config.read_text()) or {}, args.overrides)
+    from .trainer import Trainer
+
+    trainer = Trainer(conf)
+    if args.show_samples:
+        show_samples(trainer, trainer.out / "samples.png")
+        return
+    if args.resume:
+        latest = trainer.out / "latest.pt"
+        if not latest.is_file():
+            raise FileNotFoundError(f"--resume: {latest} does not exist.")
+        trainer.resume(latest)
+    trainer.train()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Listwise AP loss with in-pair / in-batch / random negative mining, and the global
+head's contrastive loss."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MINING_MODES = ("in_pair", "in_batch", "random")
+
+
+def quantized_ap(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, nq: int = 20) -> torch.Tensor:
+    """Differentiable AP (R2D2's quantised formulation) per row.
+
+    scores [N,M] similarities in [-1,1]; labels [N,M] (1 positive); mask [N,M] (entries used).
+    Returns AP [N]. Bins go from +1 down to -1: triangular soft assignment to nq centres."""
+    centres = torch.linspace(1, -1, nq, device=scores.device, dtype=scores.dtype)
+    a = (nq - 1) / 2.0
+    q = (1 - a * (scores[:, None, :] - centres[None, :, None]).abs()).clamp(min=0) * mask[:, None, :]
+    nbs = q.sum(-1)                                    # [N,nq] items per bin
+    rec = (q * labels[:, None, :]).sum(-1)             # [N,nq] positives per bin
+    prec = rec.cumsum(-1) / (nbs.cumsum(-1) + 1e-16)
+    rec = rec / (rec.sum(-1, keepdim=True) + 1e-16)
+    return (prec * rec).sum(-1)
+
+
+def exact_ap_single_positive(pos: torch.Tensor, negs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Exact AP with one positive: 1 / (1 + #negatives scored above it). pos [N], negs/mask [N,M]."""
+    above = ((negs >= pos[:, None]) & mask).sum(-1)
+    return 1.0 / (1.0 + above.float())
+
+
+def candidate_lists(d0: torch.Tensor, d1: torch.Tensor, kp1: torch.Tensor, valid: torch.Tensor,
+                    image_ids: torch.Tensor, mining: str, num_hard: int, neg_radius: float,
+                    generator: torch.Generator | None = None):
+    """Anchors from view 0, positives and negatives from view 1.
+
+    d0, d1 [B,D,K]; kp1 [B,K,2]; valid [B,K]; image_ids [B] (crops of the same image are never
+    negatives of each other, so repeated images cannot create false negatives).
+    Returns (pos [N], negs [N,M], neg_mask [N,M]) over the N valid anchors."""
+    if mining not in MINING_MODES:
+        raise KeyError(f"Unknown mining mode '{mining}'; choose one of {MINING_MODES}.")
+    B, D, K = d0.shape
+    a = d0.transpose(1, 2).reshape(B * K, D)
+    p = d1.transpose(1, 2).reshape(B * K, D)
+    sim = a @ p.t()                                                      # [BK,BK]
+    pair = torch.arange(B, device=d0.device).repeat_interleave(K)
+    vflat = valid.reshape(-1)
+    pos = sim.diagonal()
+    same_pair = pair[:, None] == pair[None, :]
+    far = torch.cdist(kp1.reshape(B * K, 2), kp1.reshape(B * K, 2)) > neg_radius
+    in_pair = same_pair & far & vflat[None, :]                            # excludes self (distance 0)
+    # In-pair negatives: the K entries of the anchor's own pair, gathered as a [BK,K] block.
+    idx_pair = (pair[:, None] * K + torch.arange(K, device=d0.device)[None, :])
+    negs = [sim.gather(1, idx_pair)]
+    masks = [in_pair.gather(1, idx_pair)]
+    if mining != "in_pair":
+        other = (image_ids[pair][:, None] != image_ids[pair][None, :]) & vflat[None, :]
+        if mining == "in_batch":
+            ranked = sim.detach().masked_fill(~other, -4)
+        else:
+            ranked = torch.rand(sim.shape, generator=generator, device=sim.device).masked_fill(~other, -4)
+        top = ranked.topk(min(num_hard, B * K), dim=1).indices
+        negs.append(sim.gather(1, top))
+        masks.append(other.gather(1, top))
+    keep = vflat
+    return pos[keep], torch.cat(negs, 1)[keep], torch.cat(masks, 1)[keep]
+
+
+def descriptor_loss(d0, d1, kp0, kp1, valid, image_ids, conf: dict) -> dict:
+    """Symmetric AP loss (anchors in each view). Returns {'loss', 'ap'} (ap: exact, detached)."""
+    losses, aps = [], []
+    for da, db, kpb in ((d0, d1, kp1), (d1, d0, kp0)):
+        pos, negs, mask = candidate_lists(da, db, kpb, valid, image_ids, conf["mining"],
+                                          conf["num_hard_negatives"], conf["neg_radius"])
+        scores = torch.cat([pos[:, None], negs], 1)
+        labels = torch.zeros_like(scores)
+        labels[:, 0] = 1
+        m = torch.cat([torch.ones_like(pos[:, None], dtype=torch.bool), mask], 1).float()
+        losses.append((1 - quantized_ap(scores, labels, m, conf["nq"])).mean())
+        aps.append(exact_ap_single_positive(pos.detach(), negs.detach(), mask).mean())
+    return {"loss": sum(losses) / 2, "ap": sum(aps) / 2}
+
+
+def global_contrastive_loss(g0: torch.Tensor, g1: torch.Tensor, image_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE between the two views of each crop against the batch's other images. g0,g1 [B,D]."""
+    logits = g0 @ g1.t() / temperature
+    same = image_ids[:, None] == image_ids[None, :]
+    eye = torch.eye(len(g0), dtype=torch.bool, device=g0.device)
+    logits = logits.masked_fill(same & ~eye, float("-inf"))
+    target = torch.arange(len(g0), device=g0.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2

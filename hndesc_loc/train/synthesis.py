@@ -1,0 +1,133 @@
+"""Pair synthesis for self-supervised training: random homographies, colour
+augmentation and photorealistic illumination change (stylized copies when given,
+otherwise Reinhard colour transfer and a day-to-night rendering made on the fly).
+
+All functions are pure: images are float32 RGB [H,W,3] in [0,1], randomness comes
+from the `rng` (numpy Generator) they are given.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+default_homography_conf = {
+    "perspective": 0.15,      # max corner displacement from perspective, as a fraction of the crop size
+    "rotation": 25.0,         # max in-plane rotation (degrees)
+    "scale": [0.7, 1.4],      # scale range
+    "translation": 0.1,       # max translation, fraction of the crop size
+}
+default_photometric_conf = {
+    "brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.05,
+    "gamma": [0.7, 1.5], "blur_prob": 0.3, "blur_sigma": [0.5, 1.5], "noise_std": 0.02,
+}
+
+
+def random_homography(rng: np.random.Generator, size: int, conf: dict) -> np.ndarray:
+    """3x3 homography mapping crop pixels to second-view pixels, both of side `size`.
+    Built from the crop's corners so that every bound is in pixels of the crop."""
+    s = float(size)
+    c = np.array([[0, 0], [s - 1, 0], [s - 1, s - 1], [0, s - 1]], np.float64)
+    center = c.mean(0)
+    pts = c - center
+    scale = np.exp(rng.uniform(np.log(conf["scale"][0]), np.log(conf["scale"][1])))
+    ang = np.deg2rad(rng.uniform(-conf["rotation"], conf["rotation"]))
+    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    pts = pts @ rot.T * scale
+    pts += rng.uniform(-conf["perspective"], conf["perspective"], (4, 2)) * s
+    pts += center + rng.uniform(-conf["translation"], conf["translation"], 2) * s
+    return cv2.getPerspectiveTransform(c.astype(np.float32), pts.astype(np.float32)).astype(np.float64)
+
+
+def warp_points(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply homography H [3,3] to points [N,2]."""
+    p = np.concatenate([pts, np.ones((len(pts), 1))], 1) @ H.T
+    return p[:, :2] / p[:, 2:3]
+
+
+def photometric(rng: np.random.Generator, img: np.ndarray, conf: dict) -> np.ndarray:
+    """Brightness, contrast, saturation, hue, gamma, blur and noise (a colour jitter)."""
+    img = img * (1 + rng.uniform(-conf["brightness"], conf["brightness"]))
+    mean = img.mean()
+    img = (img - mean) * (1 + rng.uniform(-conf["contrast"], conf["contrast"])) + mean
+    gray = img.mean(-1, keepdims=True)
+    img = (img - gray) * (1 + rng.uniform(-conf["saturation"], conf["saturation"])) + gray
+    img = np.clip(img, 0, 1).astype(np.float32)
+    if conf["hue"] > 0:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0] + 360 * rng.uniform(-conf["hue"], conf["hue"])) % 360
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    img = np.clip(img, 0, 1) ** rng.uniform(*conf["gamma"])
+    if rng.random() < conf["blur_prob"]:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(*conf["blur_sigma"]))
+    img = img + rng.normal(0, conf["noise_std"] * rng.random(), img.shape)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def color_transfer(img: np.ndarray, style: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    """Reinhard et al. colour transfer: match per-channel Lab mean/std of `img` to `style`."""
+    src = cv2.cvtColor(img.astype(np.float32), cv2.COLOR_RGB2Lab)
+    ref = cv2.cvtColor(style.astype(np.float32), cv2.COLOR_RGB2Lab)
+    ms, ss = src.reshape(-1, 3).mean(0), src.reshape(-1, 3).std(0) + 1e-6
+    mr, sr = ref.reshape(-1, 3).mean(0), ref.reshape(-1, 3).std(0) + 1e-6
+    out = (src - ms) / ss * sr + mr
+    out = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_Lab2RGB)
+    return np.clip(strength * out + (1 - strength) * img, 0, 1).astype(np.float32)
+
+
+def render_night(rng: np.random.Generator, img: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    """Day-to-night rendering: exposure and gamma drop, a colour cast (sodium or
+    cold light), local light glows, blur, and sensor noise quantised to 8 bits."""
+    h, w = img.shape[:2]
+    exposure = np.exp(rng.uniform(np.log(0.06), np.log(0.35)) * strength)
+    out = img ** rng.uniform(1.2, 2.0) * exposure
+    cast = np.array([1.0, 0.8, 0.5]) if rng.random() < 0.6 else np.array([0.7, 0.8, 1.0])
+    cast = 1 + (cast * rng.uniform(0.8, 1.2, 3) - 1) * strength
+    out = out * cast
+    # Street-light glows: additive, warm, falling off with distance.
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for _ in range(rng.integers(0, 4)):
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        sigma = rng.uniform(0.05, 0.25) * max(h, w)
+        glow = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma ** 2))
+        color = np.array([1.0, rng.uniform(0.6, 0.9), rng.uniform(0.2, 0.5)])
+        out = out + (rng.uniform(0.1, 0.4) * strength) * glow[..., None] * color * (0.3 + img)
+    if rng.random() < 0.5:
+        out = cv2.GaussianBlur(out.astype(np.float32), (0, 0), rng.uniform(0.5, 1.2))
+    shot = np.sqrt(np.clip(out, 0, 1)) * rng.uniform(0.0, 0.04)
+    out = out + rng.normal(0, 1, out.shape) * (shot + rng.uniform(0.002, 0.01))
+    out = np.round(np.clip(out, 0, 1) * 255) / 255  # 8-bit quantisation destroys dark detail
+    return out.astype(np.float32)
+
+
+def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dict, pconf: dict,
+              stylized: np.ndarray | None = None, style_source: np.ndarray | None = None,
+              night_prob: float = 0.35, transfer_prob: float = 0.25) -> dict:
+    """One training pair from `image` [H,W,3]: a random crop A, a homographic second view B.
+
+    Returns {'image0', 'image1' (float32 [size,size,3]), 'H' (A->B, 3x3), 'appearance' (str)}.
+    The pixels of B come from `stylized` (same geometry as `image`) when given.
+    """
+    h, w = image.shape[:2]
+    if min(h, w) < size:
+        s = size / min(h, w) * 1.05
+        image = cv2.resize(image, (int(np.ceil(w * s)), int(np.ceil(h * s))), interpolation=cv2.INTER_LINEAR)
+        if stylized is not None:
+            stylized = cv2.resize(stylized, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        h, w = image.shape[:2]
+    x0, y0 = rng.integers(0, w - size + 1), rng.integers(0, h - size + 1)
+    T = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)  # source -> crop A
+    H = random_homography(rng, size, hconf)  # crop A -> view B
+    image0 = image[y0:y0 + size, x0:x0 + size]
+    src1 = stylized if stylized is not None else image
+    image1 = cv2.warpPerspective(src1, H @ T, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    appearance = "stylized" if stylized is not None else "colour"
+    r = rng.random()
+    if stylized is None and r < night_prob:
+        image1, appearance = render_night(rng, image1), "night"
+    elif stylized is None and style_source is not None and r < night_prob + transfer_prob:
+        image1, appearance = color_transfer(image1, style_source, rng.uniform(0.6, 1.0)), "transfer"
+    mild = {**pconf, **{k: pconf[k] * 0.5 for k in ("brightness", "contrast", "saturation", "hue")}}
+    image0 = photometric(rng, image0, mild)
+    if appearance != "night":
+        image1 = photometric(rng, image1, pconf)
+    return {"image0": image0.astype(np.float32), "image1": image1.astype(np.float32), "H": H, "appearance": appearance}
