@@ -7,12 +7,16 @@ from torch import nn
 
 
 def merge_conf(default: dict, conf: dict, where: str = "conf") -> dict:
-    """Recursively merge `conf` into a copy of `default`; unknown keys are an error."""
+    """Recursively merge `conf` into a copy of `default`; unknown keys are an error.
+    A sub-dict with a 'name' key is a sub-model's conf: merged shallowly, since the
+    sub-model validates its own keys."""
     out = deepcopy(default)
     for key, value in (conf or {}).items():
         if key not in default:
             raise KeyError(f"Unknown key '{key}' in {where}; valid keys: {sorted(default)}")
-        if isinstance(default[key], dict) and isinstance(value, dict):
+        if isinstance(default[key], dict) and "name" in default[key] and isinstance(value, dict):
+            out[key] = {**default[key], **value}
+        elif isinstance(default[key], dict) and isinstance(value, dict):
             out[key] = merge_conf(default[key], value, f"{where}.{key}")
         else:
             out[key] = value

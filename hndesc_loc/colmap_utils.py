@@ -1,0 +1,62 @@
+"""pycolmap helpers shared by the steps: building models with known poses, COLMAP
+databases from a model, and version checks."""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+SUPPORTED_PYCOLMAP = ("3.13", "4.")  # tested: 4.2.1
+
+
+def check_pycolmap():
+    v = pycolmap.__version__
+    if not any(v.startswith(s) for s in SUPPORTED_PYCOLMAP) and not v.startswith("3.1"):
+        raise RuntimeError(f"pycolmap {v} is not supported: install pycolmap>=3.13,<5 (tested with 4.2.1).")
+
+
+def make_reconstruction(cameras: list[pycolmap.Camera], images: list[tuple[str, int, pycolmap.Rigid3d]]) -> pycolmap.Reconstruction:
+    """Model with known poses and no points: cameras (with camera_id set) and
+    (name, camera_id, cam_from_world) per image; image ids are 1..N in order."""
+    rec = pycolmap.Reconstruction()
+    for cam in cameras:
+        rec.add_camera_with_trivial_rig(cam)
+    for image_id, (name, camera_id, pose) in enumerate(images, start=1):
+        image = pycolmap.Image(name=name, camera_id=camera_id, image_id=image_id)
+        rec.add_image_with_trivial_frame(image, pose)
+    return rec
+
+
+def create_db_from_model(rec: pycolmap.Reconstruction, database_path: Path) -> dict[str, int]:
+    """A COLMAP database holding the model's cameras, rigs, frames and images with the same ids."""
+    database_path = Path(database_path)
+    if database_path.exists():
+        database_path.unlink()
+    with pycolmap.Database.open(str(database_path)) as db:
+        for cam in rec.cameras.values():
+            db.write_camera(cam, use_camera_id=True)
+        for rig in rec.rigs.values():
+            db.write_rig(rig, use_rig_id=True)
+        for frame in rec.frames.values():
+            db.write_frame(frame, use_frame_id=True)
+        for image in rec.images.values():
+            db.write_image(image, use_image_id=True)
+    return {image.name: image_id for image_id, image in rec.images.items()}
+
+
+@contextlib.contextmanager
+def quiet(verbose: bool = False):
+    """Silence pycolmap's stdout chatter unless verbose."""
+    if verbose:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def pose_from_qt(qvec_wxyz: np.ndarray, tvec: np.ndarray) -> pycolmap.Rigid3d:
+    w, x, y, z = qvec_wxyz
+    return pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([x, y, z, w], float)), np.asarray(tvec, float))

@@ -1,0 +1,188 @@
+"""Localize queries against an SfM model: 2D-3D matches through the retrieved database
+images, LO-RANSAC + refinement (pycolmap), results in the benchmark's format.
+
+    python -m hndesc_loc.localize_sfm --reference_sfm SFM --queries QUERIES.txt --retrieval PAIRS.txt \
+        --features FEATS.h5 --matches MATCHES.h5 --results RESULTS.txt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+from tqdm import tqdm
+
+from . import logger
+from .io import find_pair, open_h5, parse_image_list_with_intrinsics, parse_retrieval, write_poses, write_text_atomic
+
+default_conf = {
+    "ransac_thresh": 12.0,       # px, hloc's default for Aachen (InLoc: 48 at full resolution)
+    "covisibility_clustering": False,
+    "min_num_inliers": 10,       # below: fall back to the top retrieved database pose
+    "refine_focal_length": False,
+    "seed": 0,                   # RANSAC seed: reproducible numbers
+}
+
+
+class QueryLocalizer:
+    """Holds the reference model and the per-image 3D point ids; localizes one query at a time."""
+
+    def __init__(self, reference: pycolmap.Reconstruction, conf: dict):
+        self.rec = reference
+        self.conf = {**default_conf, **(conf or {})}
+        self.name_to_id = {img.name: i for i, img in reference.images.items()}
+        self._p3d_ids: dict[int, np.ndarray] = {}
+
+    def point3D_ids(self, image_id: int) -> np.ndarray:
+        if image_id not in self._p3d_ids:
+            ids = np.array([p.point3D_id if p.has_point3D() else -1 for p in self.rec.images[image_id].points2D], np.int64)
+            self._p3d_ids[image_id] = ids
+        return self._p3d_ids[image_id]
+
+    def correspondences(self, qname: str, db_names: list[str], fmatch) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Query keypoint indices [M] and 3D point ids [M], plus per-db-image counts."""
+        kp_idx, p3d, per_db = [], [], {}
+        for db_name in db_names:
+            if db_name not in self.name_to_id:
+                raise KeyError(f"Retrieved image '{db_name}' is not in the reference model.")
+            found = find_pair(fmatch, qname, db_name)
+            if found is None:
+                raise KeyError(f"Pair ({qname}, {db_name}) is missing from the match file: match the retrieval pairs first.")
+            key, reverse = found
+            m = fmatch[key]["matches0"][()]
+            if reverse:  # stored as (db, query): invert
+                idx_db = np.where(m > -1)[0]
+                pairs = np.stack([m[idx_db], idx_db], -1)
+            else:
+                idx_q = np.where(m > -1)[0]
+                pairs = np.stack([idx_q, m[idx_q]], -1)
+            ids = self.point3D_ids(self.name_to_id[db_name])
+            if len(pairs) and pairs[:, 1].max() >= len(ids):
+                raise ValueError(f"Matches of ({qname}, {db_name}) index keypoints beyond the {len(ids)} of the model: "
+                                 "the features used for triangulation differ from those used for matching.")
+            valid = ids[pairs[:, 1]] > -1 if len(pairs) else np.zeros(0, bool)
+            kp_idx.append(pairs[valid, 0])
+            p3d.append(ids[pairs[valid, 1]])
+            per_db[db_name] = {"matches": int(len(pairs)), "matches_3d": int(valid.sum())}
+        return (np.concatenate(kp_idx) if kp_idx else np.zeros(0, int),
+                np.concatenate(p3d) if p3d else np.zeros(0, int), per_db)
+
+    def localize(self, camera: pycolmap.Camera, kpts: np.ndarray, kp_idx: np.ndarray, p3d_ids: np.ndarray) -> dict | None:
+        if len(kp_idx) < 4:
+            return None
+        points2D = kpts[kp_idx].astype(np.float64) + 0.5  # COLMAP: origin at the pixel corner
+        points3D = np.stack([self.rec.points3D[int(i)].xyz for i in p3d_ids])
+        est = pycolmap.AbsolutePoseEstimationOptions()
+        est.ransac.max_error = self.conf["ransac_thresh"]
+        est.ransac.random_seed = self.conf["seed"]
+        ref = pycolmap.AbsolutePoseRefinementOptions()
+        ref.refine_focal_length = self.conf["refine_focal_length"]
+        ref.refine_extra_params = False
+        ret = pycolmap.estimate_and_refine_absolute_pose(points2D, points3D, camera, est, ref)
+        return ret
+
+    def cluster(self, db_names: list[str]) -> list[list[str]]:
+        """Covisibility clusters of the retrieved images (connected through shared 3D points)."""
+        ids = [self.name_to_id[n] for n in db_names]
+        points = {i: set(self.point3D_ids(i)[self.point3D_ids(i) > -1].tolist()) for i in ids}
+        clusters, left = [], list(ids)
+        while left:
+            stack, comp = [left.pop(0)], []
+            while stack:
+                i = stack.pop()
+                comp.append(i)
+                for j in list(left):
+                    if points[i] & points[j]:
+                        left.remove(j)
+                        stack.append(j)
+            clusters.append([self.rec.images[i].name for i in comp])
+        return clusters
+
+    def run(self, qname: str, camera: pycolmap.Camera, db_names: list[str], ffeat, fmatch) -> dict:
+        if qname not in ffeat:
+            raise KeyError(f"Query '{qname}' has no features: extract features for the queries.")
+        kpts = ffeat[qname]["keypoints"][()].astype(np.float64)
+        groups = self.cluster(db_names) if self.conf["covisibility_clustering"] else [db_names]
+        best, best_log = None, None
+        for group in groups:
+            kp_idx, p3d, per_db = self.correspondences(qname, group, fmatch)
+            ret = self.localize(camera, kpts, kp_idx, p3d)
+            n_in = int(ret["num_inliers"]) if ret is not None else 0
+            if best_log is None or n_in > best_log["num_inliers"]:
+                best, best_log = ret, {"num_inliers": n_in, "num_correspondences": int(len(kp_idx)), "db": per_db,
+                                       "inlier_keypoints": kp_idx[ret["inlier_mask"]].tolist() if ret else [],
+                                       "inlier_points3D": p3d[ret["inlier_mask"]].tolist() if ret else []}
+        if best is None or best_log["num_inliers"] < self.conf["min_num_inliers"]:
+            # Every query gets a pose: hloc falls back to the top retrieved database image.
+            pose = cam_from_world_of(self.rec.images[self.name_to_id[db_names[0]]])
+            return {"cam_from_world": pose, "success": False, "log": best_log}
+        return {"cam_from_world": best["cam_from_world"], "success": True, "log": best_log}
+
+
+def cam_from_world_of(image) -> pycolmap.Rigid3d:
+    pose = image.cam_from_world
+    return pose() if callable(pose) else pose
+
+
+def query_result_name(name: str, prepend_camera_name: bool = False) -> str:
+    """visuallocalization.net names: basename (Aachen, InLoc), camera folder + basename
+    (RobotCar, 7-Scenes, Cambridge) when prepend_camera_name."""
+    parts = name.split("/")
+    return "/".join(parts[-2:]) if prepend_camera_name else parts[-1]
+
+
+def main(reference_sfm: Path, queries: Path, retrieval: Path, features: Path, matches: Path, results: Path,
+         conf: dict | None = None, prepend_camera_name: bool = False, executor=None) -> Path:
+    reference_sfm = Path(reference_sfm)
+    if not reference_sfm.is_dir():
+        raise FileNotFoundError(f"Reference SfM model {reference_sfm} does not exist: run the triangulation first.")
+    query_list = parse_image_list_with_intrinsics(queries)
+    retrieval_dict = parse_retrieval(retrieval)
+    missing = [q for q, _ in query_list if q not in retrieval_dict]
+    if missing:
+        raise KeyError(f"{len(missing)} queries have no retrieved images in {retrieval}, e.g. {missing[:5]}.")
+    reference = pycolmap.Reconstruction(str(reference_sfm))
+    logger.info("Localizing %d queries against %s (%d images, %d points).", len(query_list), reference_sfm,
+                reference.num_images(), reference.num_points3D())
+    if executor is not None:
+        from .distributed import run_localization
+
+        outputs = run_localization(executor, reference_sfm, query_list, retrieval_dict, features, matches, conf)
+    else:
+        localizer = QueryLocalizer(reference, conf)
+        outputs = {}
+        with open_h5(features) as ffeat, open_h5(matches) as fmatch:
+            for qname, camera in tqdm(query_list, desc="localize", unit="query"):
+                outputs[qname] = localizer.run(qname, camera, retrieval_dict[qname], ffeat, fmatch)
+    poses = {query_result_name(q, prepend_camera_name): outputs[q]["cam_from_world"] for q, _ in query_list}
+    write_poses(Path(results), poses)
+    logs = {"conf": {**default_conf, **(conf or {})}, "retrieval": str(retrieval),
+            "queries": {q: {"success": o["success"], "retrieved": retrieval_dict[q], **(o["log"] or {})}
+                        for q, o in outputs.items()}}
+    write_text_atomic(Path(str(results) + "_logs.json"), json.dumps(logs))
+    n_ok = sum(o["success"] for o in outputs.values())
+    logger.info("Localized %d / %d queries; results in %s.", n_ok, len(outputs), results)
+    return Path(results)
+
+
+def cli():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("reference_sfm", "queries", "retrieval", "features", "matches", "results"):
+        p.add_argument(f"--{name}", type=Path, required=True)
+    p.add_argument("--ransac_thresh", type=float, default=12.0)
+    p.add_argument("--covisibility_clustering", action="store_true")
+    p.add_argument("--prepend_camera_name", action="store_true")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    a = p.parse_args()
+    from .distributed import make_executor
+
+    main(a.reference_sfm, a.queries, a.retrieval, a.features, a.matches, a.results,
+         {"ransac_thresh": a.ransac_thresh, "covisibility_clustering": a.covisibility_clustering},
+         a.prepend_camera_name, executor=make_executor(a.executor))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,88 @@
+"""Figures: side-by-side matches (inliers green, outliers red), keypoint overlays,
+and the localization view (query with its inlier 2D-3D matches through a database image)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def side_by_side(img0: np.ndarray, img1: np.ndarray, pad: int = 10) -> tuple[np.ndarray, int]:
+    h = max(img0.shape[0], img1.shape[0])
+    canvas = np.full((h, img0.shape[1] + pad + img1.shape[1], 3), 255, np.uint8)
+    canvas[: img0.shape[0], : img0.shape[1]] = img0
+    canvas[: img1.shape[0], img0.shape[1] + pad:] = img1
+    return canvas, img0.shape[1] + pad
+
+
+def plot_matches(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray, path: Path,
+                 inliers: np.ndarray | None = None, title: str = "", max_lines: int = 400, seed: int = 0):
+    """kp0, kp1 [M,2] matched keypoints (pixel-centre origin); inliers [M] bool (None: all)."""
+    plt = _plt()
+    canvas, off = side_by_side(img0, img1)
+    fig, ax = plt.subplots(figsize=(12, 12 * canvas.shape[0] / canvas.shape[1] + 0.6))
+    ax.imshow(canvas)
+    inliers = np.ones(len(kp0), bool) if inliers is None else np.asarray(inliers, bool)
+    idx = np.arange(len(kp0))
+    if len(idx) > max_lines:
+        idx = np.random.default_rng(seed).choice(idx, max_lines, replace=False)
+    for i in idx:
+        c = "lime" if inliers[i] else "red"
+        ax.plot([kp0[i, 0], kp1[i, 0] + off], [kp0[i, 1], kp1[i, 1]], color=c, lw=0.6, alpha=0.8)
+    ax.scatter(kp0[idx, 0], kp0[idx, 1], s=3, c=np.where(inliers[idx], "lime", "red"))
+    ax.scatter(kp1[idx, 0] + off, kp1[idx, 1], s=3, c=np.where(inliers[idx], "lime", "red"))
+    ax.set_title(title or f"{int(inliers.sum())} inliers / {len(kp0)} matches", fontsize=10)
+    ax.axis("off")
+    _save(fig, path)
+
+
+def plot_keypoints(image: np.ndarray, kpts: np.ndarray, path: Path, title: str = ""):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 8 * image.shape[0] / image.shape[1] + 0.5))
+    ax.imshow(image)
+    ax.scatter(kpts[:, 0], kpts[:, 1], s=2, c="lime")
+    ax.set_title(title or f"{len(kpts)} keypoints", fontsize=10)
+    ax.axis("off")
+    _save(fig, path)
+
+
+def plot_localization(query_image: np.ndarray, db_image: np.ndarray, kp_query: np.ndarray, kp_db: np.ndarray,
+                      path: Path, title: str):
+    """The query (left) with its inlier 2D-3D matches, drawn through the database image
+    (right) that observes the same 3D points."""
+    plot_matches(query_image, db_image, kp_query, kp_db, path, None, title)
+
+
+def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, xlabel: str, ylabel: str, title: str = ""):
+    """One line per method, e.g. MMA against the pixel threshold."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, marker="o", ms=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def _save(fig, path: Path):
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
