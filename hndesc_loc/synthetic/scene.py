@@ -233,7 +233,8 @@ def generate(root: Path, conf: dict | None = None, overwrite: bool = False) -> d
         scipy.io.savemat(str(cut) + ".mat", {"XYZcut": xyz_scan.reshape(h, w, 3)})
         db_images.append((name, 1, pycolmap.Rigid3d(pycolmap.Rotation3d(R), t)))
         db_geometry.append((R, t, xyz.astype(np.float32)))
-    align = inloc / "database" / "alignments" / "DUC1" / "transformations" / "DUC1_trans_000.txt"
+    # InLoc names the file after the building (first 3 letters of the cutout name) and the scan.
+    align = inloc / "database" / "alignments" / "DUC1" / "transformations" / "DUC_trans_000.txt"
     align.parent.mkdir(parents=True, exist_ok=True)
     header = ["# synthetic scan alignment (hndesc-loc)"] + ["#"] * 6
     align.write_text("\n".join(header + [" ".join(f"{v:.10f}" for v in row) for row in scan_T]) + "\n")
