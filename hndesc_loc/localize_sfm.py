@@ -134,9 +134,30 @@ def query_result_name(name: str, prepend_camera_name: bool = False) -> str:
     return "/".join(parts[-2:]) if prepend_camera_name else parts[-1]
 
 
+def read_progress(path: Path) -> dict[str, dict]:
+    """Per-query records of an interrupted run; a truncated last line is not trusted."""
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out[rec["query"]] = rec
+    return out
+
+
+def to_record(qname: str, out: dict) -> dict:
+    pose = out["cam_from_world"]
+    return {"query": qname, "quat_xyzw": list(map(float, pose.rotation.quat)),
+            "t": list(map(float, pose.translation)), "success": bool(out["success"]), "log": out["log"]}
+
+
 def main(reference_sfm: Path, queries: Path, retrieval: Path, features: Path, matches: Path, results: Path,
          conf: dict | None = None, prepend_camera_name: bool = False, executor=None) -> Path:
-    reference_sfm = Path(reference_sfm)
+    """Localize every query; per-query records go to `<results>.partial.jsonl` as they come
+    (a killed run resumes from it), the results file is written at the end, atomically."""
+    reference_sfm, results = Path(reference_sfm), Path(results)
     if not reference_sfm.is_dir():
         raise FileNotFoundError(f"Reference SfM model {reference_sfm} does not exist: run the triangulation first.")
     query_list = parse_image_list_with_intrinsics(queries)
@@ -144,28 +165,38 @@ def main(reference_sfm: Path, queries: Path, retrieval: Path, features: Path, ma
     missing = [q for q, _ in query_list if q not in retrieval_dict]
     if missing:
         raise KeyError(f"{len(missing)} queries have no retrieved images in {retrieval}, e.g. {missing[:5]}.")
-    reference = pycolmap.Reconstruction(str(reference_sfm))
-    logger.info("Localizing %d queries against %s (%d images, %d points).", len(query_list), reference_sfm,
-                reference.num_images(), reference.num_points3D())
-    if executor is not None:
-        from .distributed import run_localization
+    progress = Path(str(results) + ".partial.jsonl")
+    done = read_progress(progress)
+    todo = [(q, cam, retrieval_dict[q]) for q, cam in query_list if q not in done]
+    logger.info("Localizing %d queries (%d done in an earlier run) against %s.", len(todo), len(done), reference_sfm)
+    progress.parent.mkdir(parents=True, exist_ok=True)
+    with open(progress, "a") as fp:
+        def write(chunk: list):
+            for qname, out in chunk:
+                fp.write(json.dumps(to_record(qname, out)) + "\n")
+            fp.flush()
 
-        outputs = run_localization(executor, reference_sfm, query_list, retrieval_dict, features, matches, conf)
-    else:
-        localizer = QueryLocalizer(reference, conf)
-        outputs = {}
-        with open_h5(features) as ffeat, open_h5(matches) as fmatch:
-            for qname, camera in tqdm(query_list, desc="localize", unit="query"):
-                outputs[qname] = localizer.run(qname, camera, retrieval_dict[qname], ffeat, fmatch)
-    poses = {query_result_name(q, prepend_camera_name): outputs[q]["cam_from_world"] for q, _ in query_list}
-    write_poses(Path(results), poses)
+        if executor is not None and todo:
+            from .distributed import run_localization
+
+            run_localization(executor, reference_sfm, todo, write, features, matches, conf)
+        elif todo:
+            localizer = QueryLocalizer(pycolmap.Reconstruction(str(reference_sfm)), conf)
+            with open_h5(features) as ffeat, open_h5(matches) as fmatch:
+                for qname, camera, db_names in tqdm(todo, desc="localize", unit="query"):
+                    write([(qname, localizer.run(qname, camera, db_names, ffeat, fmatch))])
+    records = read_progress(progress)
+    poses = {query_result_name(q, prepend_camera_name): pycolmap.Rigid3d(
+        pycolmap.Rotation3d(np.array(records[q]["quat_xyzw"])), np.array(records[q]["t"])) for q, _ in query_list}
+    write_poses(results, poses)
     logs = {"conf": {**default_conf, **(conf or {})}, "retrieval": str(retrieval),
-            "queries": {q: {"success": o["success"], "retrieved": retrieval_dict[q], **(o["log"] or {})}
-                        for q, o in outputs.items()}}
+            "queries": {q: {"success": records[q]["success"], "retrieved": retrieval_dict[q], **(records[q]["log"] or {})}
+                        for q, _ in query_list}}
     write_text_atomic(Path(str(results) + "_logs.json"), json.dumps(logs))
-    n_ok = sum(o["success"] for o in outputs.values())
-    logger.info("Localized %d / %d queries; results in %s.", n_ok, len(outputs), results)
-    return Path(results)
+    progress.unlink()
+    n_ok = sum(records[q]["success"] for q, _ in query_list)
+    logger.info("Localized %d / %d queries; results in %s.", n_ok, len(query_list), results)
+    return results
 
 
 def cli():

@@ -10,7 +10,7 @@ from ..utils.base_model import BaseModel
 
 
 class SIFTDescriptor(BaseModel):
-    default_conf = {"detector": {}, "rootsift": True}
+    default_conf = {"detector": {"name": "sift"}, "rootsift": True}  # detector: the SIFT detector conf
     required_inputs = ["image"]
 
     def _init(self, conf):

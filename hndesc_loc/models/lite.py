@@ -1,7 +1,10 @@
 """`lite`: a small HNDesc backbone for the CPU (about 0.2 M parameters).
 
-Depthwise-separable encoder down to stride 16; the descriptor of a keypoint is an
-MLP over the encoder features bilinearly sampled at stride 4, 8 and 16. Because the
+The input is standardised per image and channel (instance normalisation), which removes
+global exposure and colour-cast changes (night) before any learned layer. A
+depthwise-separable encoder goes down to stride 16; the descriptor of a keypoint is an
+MLP over the encoder features bilinearly sampled at strides 2, 4, 8 and 16 (stride 2
+for localisation precision, stride 16 for context). Because the
 head runs on sampled features, extraction only pays for it at the keypoints, and the
 dense map (`dense`) is the same function evaluated at every stride-4 cell.
 """
@@ -37,21 +40,24 @@ class LiteBackbone(nn.Module):
         self.block4 = nn.Sequential(conv_bn(c1, c2, 2), sep_conv(c2, c4))
         self.block8 = nn.Sequential(sep_conv(c4, c8, 2), sep_conv(c8, c8))
         self.block16 = nn.Sequential(sep_conv(c8, c16, 2), sep_conv(c16, c16), sep_conv(c16, coarse_dim))
+        self.input_norm = nn.InstanceNorm2d(3, affine=False, eps=1e-3)
         self.head = nn.Sequential(
-            nn.Linear(c4 + c8 + coarse_dim, 256), nn.ReLU(inplace=True), nn.Linear(256, descriptor_dim)
+            nn.Linear(c1 + c4 + c8 + coarse_dim, 256), nn.ReLU(inplace=True), nn.Linear(256, descriptor_dim)
         )
 
     def forward(self, image: torch.Tensor) -> dict:
-        """image [B,3,H,W] normalised -> encoder maps at strides 4, 8, 16 ('coarse' is stride 16)."""
-        x4 = self.block4(self.block2(image))
+        """image [B,3,H,W] -> encoder maps at strides 2, 4, 8, 16 ('coarse' is stride 16)."""
+        x2 = self.block2(self.input_norm(image))
+        x4 = self.block4(x2)
         x8 = self.block8(x4)
         x16 = self.block16(x8)
-        return {"f4": x4, "f8": x8, "coarse": x16, "image_size": image.shape[-2:]}
+        return {"f2": x2, "f4": x4, "f8": x8, "coarse": x16}
 
     def describe(self, feats: dict, keypoints: torch.Tensor) -> torch.Tensor:
         """Descriptors [B,D,N] at keypoints [B,N,2] (image pixels, centre origin)."""
         sampled = torch.cat(
-            [sample_features(feats["f4"], keypoints, 4), sample_features(feats["f8"], keypoints, 8),
+            [sample_features(feats["f2"], keypoints, 2), sample_features(feats["f4"], keypoints, 4),
+             sample_features(feats["f8"], keypoints, 8),
              sample_features(feats["coarse"], keypoints, 16)], 1)
         desc = self.head(sampled.transpose(1, 2)).transpose(1, 2)
         return F.normalize(desc, dim=1)

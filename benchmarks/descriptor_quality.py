@@ -1,0 +1,84 @@
+"""Descriptor quality on an HPatches-style set built from photos NOT used for training
+(../shared/data/phototourism_sample_images), through the project's HPatches evaluator.
+
+    python benchmarks/descriptor_quality.py [--outputs outputs/bench_quality] [--weights extra.pt ...]
+
+Methods: the shipped HNDesc (SIFT keypoints), OpenCV SIFT descriptors on the same keypoints,
+plain OpenCV SIFT at its default threshold, and DISK when its weights are installed.
+Images at 640 px, mutual nearest neighbours.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hndesc_loc import extract_features, hpatches
+from hndesc_loc.io import list_images
+
+ROOT = Path(__file__).resolve().parent.parent
+HELD_OUT = ROOT.parent / "shared" / "data" / "phototourism_sample_images"
+
+
+def method_confs(extra_weights: list[Path]) -> dict:
+    c = extract_features.confs
+    po = extract_features.parse_overrides
+    confs = {
+        "hndesc (lite, shipped)": c["hndesc"],
+        "sift-desc on same kpts": c["sift"],
+        "opencv sift (defaults)": po(c["sift"], ["model.detector.contrast_threshold=0.04",
+                                                 "model.detector.normalize_image=false"]),
+        "hndesc @ sift default thr": po(c["hndesc"], ["model.detector.contrast_threshold=0.04",
+                                                      "model.detector.normalize_image=false"]),
+    }
+    for w in extra_weights:
+        confs[f"hndesc ({Path(w).stem})"] = po(c["hndesc"], [f"model.weights={w}"])
+    try:
+        from hndesc_loc.detectors.disk import find_disk_weights
+
+        find_disk_weights()
+        confs["disk"] = c["disk"]
+    except FileNotFoundError as e:
+        print(f"DISK skipped: {e}")
+    return confs
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_quality")
+    p.add_argument("--weights", nargs="*", type=Path, default=[], help="more HNDesc checkpoints to compare")
+    p.add_argument("--only_weights", action="store_true", help="evaluate only --weights (ablations)")
+    a = p.parse_args()
+    if not HELD_OUT.is_dir():
+        raise SystemExit(f"{HELD_OUT} is absent: this benchmark needs ../shared/data.")
+    dataset = a.outputs / "hpatches-heldout"
+    if not dataset.is_dir():
+        hpatches.generate([HELD_OUT / n for n in list_images(HELD_OUT)], dataset, seed=0, max_size=640)
+    names = hpatches.image_names(dataset)
+    confs = method_confs(a.weights)
+    if a.only_weights:
+        confs = {k: v for k, v in confs.items() if any(Path(w).stem in k for w in a.weights)}
+    results, timings = {}, {}
+    for label, conf in confs.items():
+        fpath = a.outputs / f"{label.replace(' ', '_').replace('/', '_')}.h5"
+        t = time.time()
+        n_before = len(extract_features.list_h5_names(fpath))
+        extract_features.main(conf, dataset, feature_path=fpath, image_list=names)
+        if n_before == 0:
+            timings[label] = (time.time() - t) / len(names)
+        results[label] = hpatches.evaluate_features(dataset, fpath)
+    print("\nHPatches-style set from held-out photos (NOT HPatches numbers), 640 px, mutual NN")
+    print(hpatches.format_table(results))
+    for label, t in timings.items():
+        print(f"extraction {label}: {t * 1000:.0f} ms / image")
+    print({k: v for k, v in hpatches.save_results(results, a.outputs, "quality").items()})
+    for label in results:
+        if label.startswith("hndesc (lite") :
+            d_i = results[label]["i"]["mma"][2] - results["sift-desc on same kpts"]["i"]["mma"][2]
+            d_v = results[label]["v"]["mma"][2] - results["sift-desc on same kpts"]["v"]["mma"][2]
+            print(f"{label}: MMA@3 vs SIFT descriptors on the same keypoints: illumination {100 * d_i:+.1f} pts, "
+                  f"viewpoint {100 * d_v:+.1f} pts (targets: >= +10, >= 0)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""HPatches sparse-matching evaluation in the paper's format.
+
+    python -m pipelines.hpatches --dataset datasets/hpatches-sequences-release --conf hndesc sift \
+        [--features other_method.h5 ...] --outputs outputs/hpatches
+    # An HPatches-format set made from your own photos (not HPatches numbers!):
+    python -m pipelines.hpatches --make_synthetic_from PHOTOS_DIR --dataset outputs/hpatches-synthetic ...
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hndesc_loc import extract_features, hpatches, logger
+from hndesc_loc.io import list_images
+from hndesc_loc.match_features import confs as matcher_confs
+
+
+def run(dataset: Path, outputs: Path, confs: list[str] = (), features: list[Path] = (), matcher: str = "NN-mutual",
+        resize_max: int | None = None, overrides: list[str] = ()) -> dict:
+    dataset, outputs = Path(dataset), Path(outputs)
+    names = hpatches.image_names(dataset)  # validates the layout
+    results = {}
+    for name in confs:
+        conf = extract_features.parse_overrides(extract_features.confs[name], list(overrides))
+        if resize_max is not None:
+            conf["preprocessing"]["resize_max"] = resize_max
+        path = extract_features.main(conf, dataset, feature_path=outputs / f"{dataset.name}_{conf['output']}.h5",
+                                     image_list=names)
+        results[name] = hpatches.evaluate_features(dataset, path, matcher_confs[matcher]["model"])
+    for path in features:
+        results[Path(path).stem] = hpatches.evaluate_features(dataset, path, matcher_confs[matcher]["model"])
+    if not results:
+        raise ValueError("Nothing to evaluate: give --conf and/or --features.")
+    print(hpatches.format_table(results))
+    paths = hpatches.save_results(results, outputs, f"hpatches_{dataset.name}")
+    logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--outputs", type=Path, default=Path("outputs/hpatches"))
+    p.add_argument("--conf", nargs="*", default=["hndesc"], choices=list(extract_features.confs))
+    p.add_argument("--features", nargs="*", type=Path, default=[])
+    p.add_argument("--matcher", default="NN-mutual", choices=list(matcher_confs))
+    p.add_argument("--resize_max", type=int)
+    p.add_argument("--make_synthetic_from", type=Path, help="first write an HPatches-format set from these photos")
+    a = p.parse_args(argv)
+    if a.make_synthetic_from:
+        photos = [a.make_synthetic_from / n for n in list_images(a.make_synthetic_from)]
+        hpatches.generate(photos, a.dataset)
+    run(a.dataset, a.outputs, a.conf, a.features, a.matcher, a.resize_max)
+
+
+if __name__ == "__main__":
+    main()
