@@ -52,6 +52,7 @@ class RayExecutor:
         """Run `actor.process(chunk)` over chunks, at most one in flight per actor, and call
         `write(results)` on the driver as each chunk completes."""
         ray = self.init()
+        self.actors = actors  # visible to on_chunk hooks (monitoring, fault injection in tests)
         chunks = [items[i:i + self.chunk_size] for i in range(0, len(items), self.chunk_size)]
         pending, queue = {}, list(enumerate(chunks))
         bar = tqdm(total=len(items), desc=f"{desc} (ray, {len(actors)} workers)", unit="item")
@@ -73,9 +74,7 @@ class RayExecutor:
                     self.on_chunk(self.stats["chunks"])
         finally:
             bar.close()
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            for a in actors:
+            for a in actors:  # also ends chunks still in flight after an error on the driver
                 ray.kill(a)
 
 

@@ -118,8 +118,10 @@ def extract_one(model: torch.nn.Module, image_dir: Path, name: str, preprocessin
             raise RuntimeError(f"{name}: model returned {len(pred['keypoints'])} keypoints but {len(pred['scores'])} scores")
         attrs["keypoints"] = {"uncertainty": float(getattr(model, "detection_noise", 1.0) * scales.mean())}
     if as_half:
+        # Keypoints stay float32: float16 has a 0.5 px step above 512 px and 1 px above 1024 px,
+        # which costs localization accuracy; hloc's readers accept either type.
         for k in pred:
-            if pred[k].dtype == np.float32:
+            if pred[k].dtype == np.float32 and k != "keypoints":
                 pred[k] = pred[k].astype(np.float16)
     return {"data": pred, "dataset_attrs": attrs}
 

@@ -1,0 +1,72 @@
+"""Extraction speed and peak memory on 1024 px images: HNDesc (lite + SIFT keypoints),
+HNDesc caps backbone, and pycolmap's SIFT extraction of the same images, in one run.
+
+    python benchmarks/extract.py [--num_images 12]
+"""
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import make_images, run_isolated  # noqa: E402
+
+
+def hndesc(conf_name, image_dir, names, out, overrides):
+    import torch
+
+    torch.set_num_threads(2)
+    from hndesc_loc import extract_features
+
+    conf = extract_features.parse_overrides(extract_features.confs[conf_name], overrides)
+    if conf["model"].get("backbone") == "caps":
+        # Speed only: no caps weights ship; time the paper's network with random weights.
+        from hndesc_loc.models import hndesc as H
+        from hndesc_loc.models.network import HNDescNet
+
+        H.load_network = lambda weights, backbone: HNDescNet(backbone).eval()
+    extract_features.main(conf, image_dir, feature_path=Path(out), image_list=names[:1])  # warm-up
+    import time
+
+    t = time.perf_counter()
+    extract_features.main(conf, image_dir, feature_path=Path(out), image_list=names)
+    return time.perf_counter() - t
+
+
+def colmap_sift(image_dir, names, out):
+    import time
+
+    import pycolmap
+
+    opts = pycolmap.FeatureExtractionOptions()
+    opts.num_threads = 2
+    opts.max_image_size = 1024
+    t = time.perf_counter()
+    pycolmap.extract_features(str(out), str(image_dir), image_names=names, extraction_options=opts,
+                              device=pycolmap.Device.cpu)
+    return time.perf_counter() - t
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--num_images", type=int, default=12)
+    a = p.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    names = make_images(tmp / "images", 1024, a.num_images)
+    n = len(names)
+    rows = {}
+    _, mem, secs = run_isolated(colmap_sift, tmp / "images", names, tmp / "colmap.db")
+    rows["pycolmap SIFT"] = (n / secs, mem)
+    _, mem, secs = run_isolated(hndesc, "hndesc", tmp / "images", names, tmp / "lite.h5", [])
+    rows["hndesc (lite+sift)"] = (n / secs, mem)
+    _, mem, secs = run_isolated(hndesc, "hndesc_caps", tmp / "images", names, tmp / "caps.h5", [])
+    rows["hndesc_caps (random weights)"] = (n / secs, mem)
+    base = rows["pycolmap SIFT"]
+    print(f"\n{n} images at 1024 px, 2 CPU threads")
+    print(f"{'method':32s} {'img/s':>7s} {'x SIFT':>7s} {'peak RSS MiB':>13s} {'x SIFT':>7s}")
+    for k, (ips, mem) in rows.items():
+        print(f"{k:32s} {ips:7.2f} {ips / base[0]:7.2f} {mem:13.0f} {mem / base[1]:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
