@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hndesc_loc import extract_features, hpatches
-from hndesc_loc.io import list_images
+from hndesc_loc.io import list_images, open_h5
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = ROOT.parent / "shared" / "data" / "phototourism_sample_images"
@@ -43,39 +43,54 @@ def method_confs(extra_weights: list[Path]) -> dict:
     return confs
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_quality")
-    p.add_argument("--weights", nargs="*", type=Path, default=[], help="more HNDesc checkpoints to compare")
-    p.add_argument("--only_weights", action="store_true", help="evaluate only --weights (ablations)")
-    a = p.parse_args()
+def held_out_dataset(outputs: Path) -> Path:
     if not HELD_OUT.is_dir():
         raise SystemExit(f"{HELD_OUT} is absent: this benchmark needs ../shared/data.")
-    dataset = a.outputs / "hpatches-heldout"
+    dataset = outputs / "hpatches-heldout"
     if not dataset.is_dir():
         hpatches.generate([HELD_OUT / n for n in list_images(HELD_OUT)], dataset, seed=0, max_size=640)
+    return dataset
+
+
+def evaluate_methods(outputs: Path, confs: dict) -> tuple[dict, dict, dict]:
+    """Extract every conf on the held-out HPatches-style set and evaluate it with the project's
+    HPatches evaluator. Returns (results, seconds per image, descriptor dimension)."""
+    dataset = held_out_dataset(outputs)
     names = hpatches.image_names(dataset)
-    confs = method_confs(a.weights)
-    if a.only_weights:
-        confs = {k: v for k, v in confs.items() if any(Path(w).stem in k for w in a.weights)}
-    results, timings = {}, {}
+    results, timings, dims = {}, {}, {}
     for label, conf in confs.items():
-        fpath = a.outputs / f"{label.replace(' ', '_').replace('/', '_')}.h5"
+        fpath = outputs / f"{label.replace(' ', '_').replace('/', '_').replace('(', '').replace(')', '')}.h5"
         t = time.time()
         n_before = len(extract_features.list_h5_names(fpath))
         extract_features.main(conf, dataset, feature_path=fpath, image_list=names)
         if n_before == 0:
             timings[label] = (time.time() - t) / len(names)
         results[label] = hpatches.evaluate_features(dataset, fpath)
+        with open_h5(fpath) as fd:
+            dims[label] = (fd[names[0]]["descriptors"].shape[0], fd[names[0]]["descriptors"].dtype.name)
+    return results, timings, dims
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_quality")
+    p.add_argument("--weights", nargs="*", type=Path, default=[], help="more HNDesc checkpoints to compare")
+    p.add_argument("--only_weights", action="store_true", help="evaluate only --weights (ablations)")
+    a = p.parse_args()
+    confs = method_confs(a.weights)
+    if a.only_weights:
+        confs = {k: v for k, v in confs.items() if any(Path(w).stem in k for w in a.weights)}
+    results, timings, _ = evaluate_methods(a.outputs, confs)
     print("\nHPatches-style set from held-out photos (NOT HPatches numbers), 640 px, mutual NN")
     print(hpatches.format_table(results))
     for label, t in timings.items():
         print(f"extraction {label}: {t * 1000:.0f} ms / image")
-    print({k: v for k, v in hpatches.save_results(results, a.outputs, "quality").items()})
+    print({k: str(v) for k, v in hpatches.save_results(results, a.outputs, "quality").items()})
+    ref = results.get("sift-desc on same kpts")
     for label in results:
-        if label.startswith("hndesc (lite") :
-            d_i = results[label]["i"]["mma"][2] - results["sift-desc on same kpts"]["i"]["mma"][2]
-            d_v = results[label]["v"]["mma"][2] - results["sift-desc on same kpts"]["v"]["mma"][2]
+        if label.startswith("hndesc (") and ref is not None:
+            d_i = results[label]["i"]["mma"][2] - ref["i"]["mma"][2]
+            d_v = results[label]["v"]["mma"][2] - ref["v"]["mma"][2]
             print(f"{label}: MMA@3 vs SIFT descriptors on the same keypoints: illumination {100 * d_i:+.1f} pts, "
                   f"viewpoint {100 * d_v:+.1f} pts (targets: >= +10, >= 0)")
 

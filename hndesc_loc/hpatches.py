@@ -192,3 +192,22 @@ def random_homography_full(rng, w: int, h: int, conf: dict, strength: float) -> 
     pts = (c - center) @ rot.T * scale + center
     pts += rng.uniform(-1, 1, (4, 2)) * conf["perspective"] * strength * np.array([w, h])
     return cv2.getPerspectiveTransform(c.astype(np.float32), pts.astype(np.float32)).astype(np.float64)
+
+
+def plot_pair(root: Path, features: Path, seq: str, k: int, path: Path, matcher_conf: dict | None = None):
+    """Matches of pair (1, k) of a sequence, green when within 3 px of the ground truth."""
+    from .io import read_image
+    from .viz import plot_matches
+
+    conf = {**default_matcher_conf, **(matcher_conf or {})}
+    with open_h5(features) as fd:
+        f0 = {key: fd[f"{seq}/1.ppm"][key][()] for key in ("keypoints", "descriptors")}
+        f1 = {key: fd[f"{seq}/{k}.ppm"][key][()] for key in ("keypoints", "descriptors")}
+    m0 = match_nearest_neighbor(torch.from_numpy(f0["descriptors"].astype(np.float32))[None],
+                                torch.from_numpy(f1["descriptors"].astype(np.float32))[None], conf)["matches0"][0].numpy()
+    valid = m0 > -1
+    k0, k1 = f0["keypoints"][valid].astype(np.float64), f1["keypoints"][m0[valid]].astype(np.float64)
+    H = np.loadtxt(Path(root) / seq / f"H_1_{k}")
+    ok = np.linalg.norm(cv2.perspectiveTransform(k0[None], H)[0] - k1, axis=1) <= 3 if len(k0) else np.zeros(0, bool)
+    plot_matches(read_image(Path(root) / seq / "1.ppm"), read_image(Path(root) / seq / f"{k}.ppm"), k0, k1, path, ok,
+                 f"{Path(features).stem} {seq} 1-{k}: {int(ok.sum())} correct (3 px) / {len(ok)} matches")

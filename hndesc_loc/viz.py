@@ -86,3 +86,33 @@ def _save(fig, path: Path):
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def localization_figure(results: Path, sfm_dir: Path, features: Path, image_dir: Path, query: str, path: Path) -> bool:
+    """From a localize_sfm run: the query (left) and the retrieved database image sharing most
+    inlier 3D points (right), with those inlier matches. False if the query has no inliers."""
+    import json
+
+    import pycolmap
+
+    from .io import open_h5, read_image
+
+    logs = json.loads(Path(str(results) + "_logs.json").read_text())["queries"][query]
+    if not logs.get("inlier_points3D"):
+        return False
+    rec = pycolmap.Reconstruction(str(sfm_dir))
+    best = None
+    for db_name in logs["retrieved"]:
+        image = rec.find_image_with_name(db_name)
+        p3d_to_kp = {p.point3D_id: i for i, p in enumerate(image.points2D) if p.has_point3D()}
+        hits = [(q, p3d_to_kp[p]) for q, p in zip(logs["inlier_keypoints"], logs["inlier_points3D"]) if p in p3d_to_kp]
+        if best is None or len(hits) > len(best[1]):
+            best = (db_name, hits)
+    db_name, hits = best
+    with open_h5(features) as fd:
+        kq, kdb = fd[query]["keypoints"][()], fd[db_name]["keypoints"][()]
+    hits = np.array(hits, int).reshape(-1, 2)
+    plot_localization(read_image(Path(image_dir) / query), read_image(Path(image_dir) / db_name),
+                      kq[hits[:, 0]], kdb[hits[:, 1]], path,
+                      f"{query}: {logs['num_inliers']} PnP inliers; {len(hits)} drawn through {db_name}")
+    return True

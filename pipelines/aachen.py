@@ -91,10 +91,20 @@ def main(argv=None):
     p.add_argument("--matcher", default="NN-ratio", choices=list(match_features.confs))
     p.add_argument("--ransac_thresh", type=float, default=12.0)
     p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--viz", type=int, default=0, metavar="N", help="write localization figures of N night queries")
     a = p.parse_args(argv)
     out = run(a.dataset, a.outputs, a.version, a.num_covis, a.num_loc, a.conf, a.matcher,
               executor=make_executor(a.executor), ransac_thresh=a.ransac_thresh)
     logger.info("Results to submit: %s", out["results"])
+    if a.viz:
+        from hndesc_loc.viz import localization_figure
+
+        names = [l.split()[0] for l in out["queries"].read_text().splitlines()]
+        night = [n for n in names if "/night/" in n] or names
+        for q in night[: a.viz]:
+            path = a.outputs / "viz" / (q.replace("/", "-") + ".png")
+            if localization_figure(out["results"], out["sfm_dir"], out["features"], out["images"], q, path):
+                logger.info("Wrote %s", path)
 
 
 if __name__ == "__main__":

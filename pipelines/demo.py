@@ -10,39 +10,12 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-import pycolmap
-
 from hndesc_loc import logger
 from hndesc_loc.evaluate import evaluate, format_recall
-from hndesc_loc.io import open_h5, read_image, read_poses, write_text_atomic
+from hndesc_loc.io import read_poses, write_text_atomic
 from hndesc_loc.synthetic.scene import generate
-from hndesc_loc.viz import plot_localization
+from hndesc_loc.viz import localization_figure
 from pipelines import aachen
-
-
-def localization_figure(out: dict, query: str, path: Path) -> bool:
-    """Query (left) and the retrieved database image sharing most inlier 3D points (right)."""
-    logs = json.loads(Path(str(out["results"]) + "_logs.json").read_text())["queries"][query]
-    if not logs.get("inlier_points3D"):
-        return False
-    rec = pycolmap.Reconstruction(str(out["sfm_dir"]))
-    inl_kp, inl_p3d = np.array(logs["inlier_keypoints"]), np.array(logs["inlier_points3D"])
-    best = None
-    for db_name in logs["retrieved"]:
-        image = rec.find_image_with_name(db_name)
-        p3d_to_kp = {p.point3D_id: i for i, p in enumerate(image.points2D) if p.has_point3D()}
-        hits = [(q, p3d_to_kp[p]) for q, p in zip(inl_kp, inl_p3d) if p in p3d_to_kp]
-        if best is None or len(hits) > len(best[1]):
-            best = (db_name, hits)
-    db_name, hits = best
-    with open_h5(out["features"]) as fd:
-        kq, kdb = fd[query]["keypoints"][()], fd[db_name]["keypoints"][()]
-    hits = np.array(hits).reshape(-1, 2)
-    plot_localization(read_image(out["images"] / query), read_image(out["images"] / db_name),
-                      kq[hits[:, 0]], kdb[hits[:, 1]], path,
-                      f"{query}: {logs['num_inliers']} PnP inliers; {len(hits)} drawn through {db_name}")
-    return True
 
 
 def main(argv=None):
@@ -73,7 +46,8 @@ def main(argv=None):
     logs = json.loads(Path(str(out["results"]) + "_logs.json").read_text())["queries"]
     night = sorted(night, key=lambda q: -logs[q].get("num_inliers", 0))
     fig = a.outputs / f"night_query_{a.conf}.png"
-    if night and localization_figure(out, night[len(night) // 2], fig):
+    if night and localization_figure(out["results"], out["sfm_dir"], out["features"], out["images"],
+                                     night[len(night) // 2], fig):
         print(f"Figure of a localized night query (median inlier count): {fig}")
     print(f"Results file: {out['results']}")
     return summary

@@ -46,11 +46,20 @@ def main(argv=None):
     p.add_argument("--matcher", default="NN-mutual", choices=list(matcher_confs))
     p.add_argument("--resize_max", type=int)
     p.add_argument("--make_synthetic_from", type=Path, help="first write an HPatches-format set from these photos")
+    p.add_argument("--viz", type=int, default=0, metavar="N", help="match figures (1-6 pair) of N sequences per conf")
     a = p.parse_args(argv)
     if a.make_synthetic_from:
         photos = [a.make_synthetic_from / n for n in list_images(a.make_synthetic_from)]
         hpatches.generate(photos, a.dataset)
     run(a.dataset, a.outputs, a.conf, a.features, a.matcher, a.resize_max)
+    if a.viz:
+        seqs = hpatches.list_sequences(a.dataset)
+        chosen = seqs[:: max(1, len(seqs) // a.viz)][: a.viz]
+        for path in list(a.outputs.glob(f"{a.dataset.name}_*.h5")) + list(a.features):
+            for seq in chosen:
+                out = a.outputs / "viz" / f"{Path(path).stem}_{seq}.png"
+                hpatches.plot_pair(a.dataset, path, seq, 6, out, matcher_confs[a.matcher]["model"])
+                logger.info("Wrote %s", out)
 
 
 if __name__ == "__main__":
