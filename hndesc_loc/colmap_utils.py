@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-SUPPORTED_PYCOLMAP = ("3.13", "4.")  # tested: 4.2.1
+SUPPORTED_PYCOLMAP = ((3, 13), (5, 0))  # [min, max); tested with 4.2.1
 
 
-def check_pycolmap():
-    v = pycolmap.__version__
-    if not any(v.startswith(s) for s in SUPPORTED_PYCOLMAP) and not v.startswith("3.1"):
-        raise RuntimeError(f"pycolmap {v} is not supported: install pycolmap>=3.13,<5 (tested with 4.2.1).")
+def check_pycolmap(version: str | None = None):
+    """Fail early, with the fix, on a pycolmap whose API we have not tested (hloc #348, #393, #440)."""
+    v = version or pycolmap.__version__
+    parts = tuple(int(x) for x in v.split("+")[0].split(".")[:2] if x.isdigit())
+    lo, hi = SUPPORTED_PYCOLMAP
+    if not lo <= parts < hi:
+        raise RuntimeError(f"pycolmap {v} is not supported: install 'pycolmap>=3.13,<5' (tested with 4.2.1).")
 
 
 def make_reconstruction(cameras: list[pycolmap.Camera], images: list[tuple[str, int, pycolmap.Rigid3d]]) -> pycolmap.Reconstruction:

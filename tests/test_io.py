@@ -71,3 +71,13 @@ def test_results_format_is_wxyz_camera_from_world(tmp_path):
     assert np.allclose(qvec_to_rotmat(np.array([qw, qx, qy, qz])), pose.rotation.matrix(), atol=1e-6)
     assert np.allclose(list(map(float, fields[5:])), [1, 2, 3])
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_pycolmap_version_check():
+    from hndesc_loc.colmap_utils import check_pycolmap
+
+    check_pycolmap()  # the installed one
+    check_pycolmap("3.13.0")
+    for bad in ("3.11.1", "3.12.6", "5.0.0"):
+        with pytest.raises(RuntimeError, match="pycolmap>=3.13,<5"):
+            check_pycolmap(bad)
