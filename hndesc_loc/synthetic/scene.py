@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from ..io import write_text_atomic
 
@@ -145,7 +146,7 @@ def add_reference_points(rec, db_geometry: list, K: np.ndarray, size: tuple[int,
     w, h = size
     obs: dict[int, list] = {i: [] for i in range(len(db_geometry))}
     tracks = []
-    for i, (_, _, xyz_i) in enumerate(db_geometry):
+    for i, (_, _, xyz_i) in enumerate(tqdm(db_geometry, desc="reference tracks", unit="img")):
         ys, xs = np.mgrid[step // 2:h:step, step // 2:w:step].reshape(2, -1)
         for x, y in zip(xs, ys):
             X = xyz_i[y, x].astype(np.float64)
@@ -218,7 +219,7 @@ def generate(root: Path, conf: dict | None = None, overwrite: bool = False) -> d
 
     aachen, inloc = paths["aachen"], paths["inloc"]
     db_images, db_geometry, scan_T = [], [], random_rigid(rng)
-    for i in range(conf["num_db"]):
+    for i in tqdm(range(conf["num_db"]), desc="render database", unit="img"):
         yaw = 360.0 * i / conf["num_db"]
         ang = np.deg2rad(yaw + 180 + rng.uniform(-20, 20))
         center = np.array([conf["db_radius"] * np.cos(ang), conf["db_radius"] * np.sin(ang), 1.6 + rng.uniform(-0.2, 0.2)])
@@ -250,7 +251,7 @@ def generate(root: Path, conf: dict | None = None, overwrite: bool = False) -> d
     nq = {"day": conf["num_day_queries"], "night": conf["num_night_queries"]}
     k = 0
     for cond in ("day", "night"):
-        for j in range(nq[cond]):
+        for j in tqdm(range(nq[cond]), desc=f"render {cond} queries", unit="img"):
             r, a = qrng.uniform(0, 6), qrng.uniform(0, 2 * np.pi)
             center = np.array([r * np.cos(a), r * np.sin(a), 1.6 + qrng.uniform(-0.3, 0.3)])
             R, t = look_at_pose(center, qrng.uniform(0, 360), qrng.uniform(-3, 10), qrng.uniform(-5, 5))
