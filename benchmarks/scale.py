@@ -47,7 +47,8 @@ def main():
         t_loc = timed(lambda: localize_sfm.main(base["sfm_dir"], base["queries"], base["loc_pairs"], base["features"],
                                                 base["loc_matches"], d / "res.txt", executor=make()))
         n_pairs = len(base["loc_pairs"].read_text().splitlines())
-        rows[mode] = (len(names) / t_ext, n_pairs / t_match, 16 / t_loc)
+        n_queries = len(base["queries"].read_text().splitlines())
+        rows[mode] = (len(names) / t_ext, n_pairs / t_match, n_queries / t_loc)
     # The driver's serial ceiling: writing feature items (4096 kpts, 128-d, fp16) to HDF5.
     item = {"keypoints": np.zeros((4096, 2), np.float16), "descriptors": np.zeros((128, 4096), np.float16),
             "scores": np.zeros(4096, np.float16), "image_size": np.array([1024, 768])}
