@@ -36,19 +36,23 @@ def main():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     modes = {"in-process": lambda: None, "ray 1 worker": lambda: RayExecutor(num_workers=1, chunk_size=4),
              "ray 2 workers": lambda: RayExecutor(num_workers=2, chunk_size=4)}
-    rows = {}
+    rows, steady = {}, {}
+    n_pairs = len(base["loc_pairs"].read_text().splitlines())
+    n_queries = len(base["queries"].read_text().splitlines())
     for mode, make in modes.items():
         d = root / mode.replace(" ", "_")
         d.mkdir()
+        ex = [make() for _ in range(3)]
         t_ext = timed(lambda: extract_features.main(conf, images, feature_path=d / "f.h5", image_list=names,
-                                                    executor=make()))
+                                                    executor=ex[0]))
         t_match = timed(lambda: match_features.main(match_features.confs["NN-ratio"], base["loc_pairs"], d / "f.h5",
-                                                    matches=d / "m.h5", executor=make()))
+                                                    matches=d / "m.h5", executor=ex[1]))
         t_loc = timed(lambda: localize_sfm.main(base["sfm_dir"], base["queries"], base["loc_pairs"], base["features"],
-                                                base["loc_matches"], d / "res.txt", executor=make()))
-        n_pairs = len(base["loc_pairs"].read_text().splitlines())
-        n_queries = len(base["queries"].read_text().splitlines())
+                                                base["loc_matches"], d / "res.txt", executor=ex[2]))
         rows[mode] = (len(names) / t_ext, n_pairs / t_match, n_queries / t_loc)
+        if ex[0] is not None:
+            steady[mode] = [e.timing["steady_items"] / e.timing["steady_s"] for e in ex]
+            steady[mode + " start-up"] = [e.timing["startup_and_first_chunk_s"] for e in ex]
     # The driver's serial ceiling: writing feature items (4096 kpts, 128-d, fp16) to HDF5.
     item = {"keypoints": np.zeros((4096, 2), np.float16), "descriptors": np.zeros((128, 4096), np.float16),
             "scores": np.zeros(4096, np.float16), "image_size": np.array([1024, 768])}
@@ -62,10 +66,19 @@ def main():
     print("Ray overhead at equal cores (2 workers vs in-process, 2 threads): "
           + ", ".join(f"{k} {100 * (1 - b / a):+.0f}%" for k, a, b in zip(("extract", "match", "localize"), ref, r2)))
     print(f"driver HDF5 writes: {write_ips:.0f} feature items/s (serial ceiling)")
+    print("Ray steady state (after the first chunk, i.e. without worker start-up), items/s for extract / match / "
+          "localize, and the start-up + first chunk in s:")
+    for k, v in steady.items():
+        print(f"  {k:24s} " + " / ".join(f"{x:.2f}" for x in v))
+    if "ray 2 workers" in steady:
+        print("Ray overhead at equal cores in steady state (2 workers vs in-process): "
+              + ", ".join(f"{k} {100 * (1 - b / a):+.0f}%" for k, a, b in zip(("extract", "match", "localize"), ref,
+                                                                              steady["ray 2 workers"])))
     # Projection for Aachen v1.1: 7,712 images to extract, ~6,697*20 covisibility + 1,015*50 retrieval pairs,
     # 1,015 queries. Assumes one node = this machine's per-worker throughput x2 workers, linear scaling
     # across nodes until the driver's write ceiling, images at 1024 px (the scene's are 640x480: x2.6 pixels).
     n_img, n_pairs, n_q = 7712, 6697 * 20 + 1015 * 50, 1015
+    r2 = steady.get("ray 2 workers", r2)  # steady state: start-up (seconds) is negligible at this scale
     per_node = (r2[0] / 2.6, r2[1], r2[2])
     print("\nProjected Aachen v1.1 wall time (extract + match + localize), assumptions above:")
     for nodes in (1, 8, 64):

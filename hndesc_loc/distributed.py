@@ -33,6 +33,8 @@ class RayExecutor:
     max_retries: int = 3                  # restarts of a dead actor / retries of its chunk
     on_chunk: Callable[[int], None] | None = None  # called after each chunk is written (progress hooks)
     stats: dict = field(default_factory=lambda: {"chunks": 0, "items": 0})
+    # Steady-state timing of the last map (after the first chunk: excludes worker start-up).
+    timing: dict = field(default_factory=dict)
 
     def init(self):
         import ray
@@ -56,6 +58,9 @@ class RayExecutor:
         chunks = [items[i:i + self.chunk_size] for i in range(0, len(items), self.chunk_size)]
         pending, queue = {}, list(enumerate(chunks))
         bar = tqdm(total=len(items), desc=f"{desc} (ray, {len(actors)} workers)", unit="item")
+        import time
+
+        t_start, t_first, n_after_first = time.perf_counter(), None, 0
         try:
             idle = list(actors)
             while queue or pending:
@@ -69,6 +74,12 @@ class RayExecutor:
                 idle.append(actor)
                 self.stats["chunks"] += 1
                 self.stats["items"] += len(chunk)
+                if t_first is None:
+                    t_first = time.perf_counter()
+                else:
+                    n_after_first += len(chunk)
+                self.timing = {"startup_and_first_chunk_s": t_first - t_start, "steady_items": n_after_first,
+                               "steady_s": time.perf_counter() - t_first}
                 bar.update(len(chunk))
                 if self.on_chunk is not None:
                     self.on_chunk(self.stats["chunks"])

@@ -34,7 +34,7 @@ def colmap_sift(images: Path, outputs: Path) -> dict:
     return model_statistics(best)
 
 
-def run(images: Path, outputs: Path, conf: str = "hndesc", matcher: str = "NN-ratio", num_retrieval: int | None = None,
+def run(images: Path, outputs: Path, conf: str = "hndesc", matcher: str = "NN-mutual", num_retrieval: int | None = None,
         compare_sift: bool = False) -> dict:
     images, outputs = Path(images), Path(outputs)
     outputs.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,8 @@ def main(argv=None):
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--outputs", type=Path, required=True)
     p.add_argument("--conf", default="hndesc", choices=list(extract_features.confs))
-    p.add_argument("--matcher", default="NN-ratio", choices=list(match_features.confs))
+    # Mutual NN without ratio test: on sacre_coeur it registers 10/10 images (NN-ratio: 9/10).
+    p.add_argument("--matcher", default="NN-mutual", choices=list(match_features.confs))
     p.add_argument("--num_retrieval", type=int, help="retrieval pairs (top-k) instead of exhaustive")
     p.add_argument("--compare_sift", action="store_true", help="also run COLMAP's own SIFT pipeline")
     a = p.parse_args(argv)
