@@ -11,8 +11,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
 from hndesc_loc import extract_features, hpatches
 from hndesc_loc.io import list_images, open_h5
 

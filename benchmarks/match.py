@@ -41,7 +41,7 @@ def main():
     t = time.perf_counter()
     for i in range(max(2, a.pairs // 4)):
         d0, d1 = descs[i % 4], descs[(i + 1) % 4]
-        m_np = numpy_mutual_nn(d0, d1, 0.9)
+        numpy_mutual_nn(d0, d1, 0.9)
     t_np = (time.perf_counter() - t) / max(2, a.pairs // 4)
     same = np.array_equal(numpy_mutual_nn(descs[(a.pairs - 1) % 4], descs[a.pairs % 4], 0.9), m_t)
     print(f"{a.n} x {a.n} keypoints, mutual NN + ratio 0.9, 2 threads")

@@ -6,7 +6,6 @@ import contextlib
 import io
 from pathlib import Path
 
-import numpy as np
 import pycolmap
 
 SUPPORTED_PYCOLMAP = ((3, 13), (5, 0))  # [min, max); tested with 4.2.1
@@ -58,8 +57,3 @@ def quiet(verbose: bool = False):
         return
     with contextlib.redirect_stdout(io.StringIO()):
         yield
-
-
-def pose_from_qt(qvec_wxyz: np.ndarray, tvec: np.ndarray) -> pycolmap.Rigid3d:
-    w, x, y, z = qvec_wxyz
-    return pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([x, y, z, w], float)), np.asarray(tvec, float))

@@ -19,8 +19,6 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from . import logger
-
 
 @dataclass
 class RayExecutor:

@@ -122,13 +122,6 @@ def write_item(fd: h5py.File, name: str, data: dict[str, np.ndarray], attrs: dic
     fd.flush()
 
 
-def read_features(path: Path, name: str, keys: Iterable[str] = ("keypoints", "descriptors", "scores")) -> dict:
-    with open_h5(path) as fd:
-        if name not in fd:
-            raise KeyError(f"Image '{name}' is not in feature file {path}: extract features for it first.")
-        return {k: fd[name][k].__array__() for k in keys if k in fd[name]}
-
-
 def get_keypoints(path: Path, name: str, return_uncertainty: bool = False):
     with open_h5(path) as fd:
         if name not in fd:

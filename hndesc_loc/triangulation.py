@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import logger
 from .colmap_utils import check_pycolmap, create_db_from_model, quiet
-from .io import atomic_path, find_pair, get_keypoints, open_h5, parse_pairs, write_pairs
+from .io import atomic_path, find_pair, open_h5, parse_pairs, write_pairs
 from .match_features import unique_pairs
 
 

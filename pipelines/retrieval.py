@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from hndesc_loc import extract_features, logger
+from hndesc_loc import extract_features
 from hndesc_loc.io import open_h5, read_image, write_text_atomic
 from hndesc_loc.matchers import default_matcher_conf, match_nearest_neighbor
 from hndesc_loc.pairs_from_retrieval import get_descriptors, search

@@ -3,7 +3,6 @@ pair naming) moves the poses far beyond these tolerances."""
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from hndesc_loc.evaluate import evaluate

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from hndesc_loc.train import losses
-from hndesc_loc.train.synthesis import (color_transfer, default_homography_conf, make_pair, random_homography,
-                                        render_night, warp_points)
+from hndesc_loc.train.synthesis import (color_transfer, default_homography_conf, random_homography, render_night,
+                                        warp_points)
 
 
 def test_warp_points_follows_warp_perspective():

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..detectors.disk import DISK
-from ..detectors.sift import SIFT, to_gray_uint8
+from ..detectors.sift import SIFT
 from ..utils.base_model import BaseModel
 
 

@@ -7,7 +7,6 @@ import argparse
 import csv
 from pathlib import Path
 
-import torch
 import yaml
 
 from .trainer import export_weights
