@@ -154,20 +154,27 @@ def find_pair(fd: h5py.File, name0: str, name1: str) -> tuple[str, bool] | None:
     return None
 
 
+def read_matches(fd: h5py.File, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """From an open match file: matches [M,2] (indices into name0, name1, whatever order the
+    pair is stored in) and their scores [M]. Keeping the handle open avoids reopening per pair."""
+    found = find_pair(fd, name0, name1)
+    if found is None:
+        raise KeyError(f"Pair ({name0}, {name1}) not found in match file {fd.filename}: "
+                       "run match_features on the same pairs.")
+    key, reverse = found
+    matches = fd[key]["matches0"][()]
+    scores = fd[key]["matching_scores0"][()]
+    idx = np.where(matches != -1)[0]
+    m = np.stack([idx, matches[idx]], -1).reshape(-1, 2)
+    if reverse:
+        m = np.ascontiguousarray(m[:, ::-1])
+    return m, scores[idx]
+
+
 def get_matches(path: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
     """Matches [M,2] (indices into name0, name1) and scores [M]."""
     with open_h5(path) as fd:
-        found = find_pair(fd, name0, name1)
-        if found is None:
-            raise KeyError(f"Pair ({name0}, {name1}) not found in match file {path}: run match_features on it.")
-        key, reverse = found
-        matches = fd[key]["matches0"].__array__()
-        scores = fd[key]["matching_scores0"].__array__()
-    idx = np.where(matches != -1)[0]
-    m = np.stack([idx, matches[idx]], -1)
-    if reverse:
-        m = np.flip(m, -1).copy()
-    return m, scores[idx]
+        return read_matches(fd, name0, name1)
 
 
 # ------------------------------------------------------------------------------ pairs

@@ -18,7 +18,7 @@ import pycolmap
 from tqdm import tqdm
 
 from . import logger
-from .io import find_pair, open_h5, parse_retrieval, write_poses, write_text_atomic
+from .io import open_h5, parse_retrieval, read_matches, write_poses, write_text_atomic
 from .localize_sfm import query_result_name
 
 default_conf = {
@@ -83,17 +83,7 @@ def localize_query(dataset: Path, qname: str, db_names: list[str], ffeat, fmatch
     kpq = ffeat[qname]["keypoints"][()].astype(np.float64)
     pts2d, pts3d, per_db = [], [], {}
     for db in db_names:
-        found = find_pair(fmatch, qname, db)
-        if found is None:
-            raise KeyError(f"Pair ({qname}, {db}) is missing from the match file.")
-        key, reverse = found
-        m = fmatch[key]["matches0"][()]
-        if reverse:
-            i_db = np.where(m > -1)[0]
-            pairs = np.stack([m[i_db], i_db], -1)
-        else:
-            i_q = np.where(m > -1)[0]
-            pairs = np.stack([i_q, m[i_q]], -1)
+        pairs, _ = read_matches(fmatch, qname, db)
         per_db[db] = {"matches": int(len(pairs))}
         if len(pairs) < conf["min_db_matches"]:
             continue

@@ -15,7 +15,7 @@ import pycolmap
 from tqdm import tqdm
 
 from . import logger
-from .io import find_pair, open_h5, parse_image_list_with_intrinsics, parse_retrieval, write_poses, write_text_atomic
+from .io import open_h5, parse_image_list_with_intrinsics, parse_retrieval, read_matches, write_poses, write_text_atomic
 
 default_conf = {
     "ransac_thresh": 12.0,       # px, hloc's default for Aachen (InLoc: 48 at full resolution)
@@ -47,17 +47,7 @@ class QueryLocalizer:
         for db_name in db_names:
             if db_name not in self.name_to_id:
                 raise KeyError(f"Retrieved image '{db_name}' is not in the reference model.")
-            found = find_pair(fmatch, qname, db_name)
-            if found is None:
-                raise KeyError(f"Pair ({qname}, {db_name}) is missing from the match file: match the retrieval pairs first.")
-            key, reverse = found
-            m = fmatch[key]["matches0"][()]
-            if reverse:  # stored as (db, query): invert
-                idx_db = np.where(m > -1)[0]
-                pairs = np.stack([m[idx_db], idx_db], -1)
-            else:
-                idx_q = np.where(m > -1)[0]
-                pairs = np.stack([idx_q, m[idx_q]], -1)
+            pairs, _ = read_matches(fmatch, qname, db_name)
             ids = self.point3D_ids(self.name_to_id[db_name])
             if len(pairs) and pairs[:, 1].max() >= len(ids):
                 raise ValueError(f"Matches of ({qname}, {db_name}) index keypoints beyond the {len(ids)} of the model: "

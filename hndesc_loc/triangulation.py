@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import logger
 from .colmap_utils import check_pycolmap, create_db_from_model, quiet
-from .io import atomic_path, find_pair, open_h5, parse_pairs, write_pairs
+from .io import atomic_path, open_h5, parse_pairs, read_matches, write_pairs
 from .match_features import unique_pairs
 
 
@@ -37,17 +37,9 @@ def import_matches(image_ids: dict[str, int], database_path: Path, pairs: list[t
         for name0, name1 in tqdm(pairs, desc="import matches", unit="pair"):
             if name0 not in image_ids or name1 not in image_ids:
                 raise KeyError(f"Pair ({name0}, {name1}) names an image that is not in the reference model.")
-            found = find_pair(fd, name0, name1)
-            if found is None:
-                raise KeyError(f"Pair ({name0}, {name1}) is not in {matches}: run match_features on the same pairs.")
-            key, reverse = found
-            m0 = fd[key]["matches0"][()]
-            idx = np.where(m0 > -1)[0]
+            m, scores = read_matches(fd, name0, name1)
             if min_match_score is not None:
-                idx = idx[fd[key]["matching_scores0"][()][idx] > min_match_score]
-            m = np.stack([idx, m0[idx]], -1)
-            if reverse:
-                m = m[:, ::-1]
+                m = m[scores > min_match_score]
             id0, id1 = image_ids[name0], image_ids[name1]
             db.write_matches(id0, id1, np.ascontiguousarray(m, np.uint32))
             imported.append((name0, name1))
