@@ -1,5 +1,6 @@
 """Extraction speed and peak memory on 1024 px images: HNDesc (lite + SIFT keypoints),
-HNDesc caps backbone, and pycolmap's SIFT extraction of the same images, in one run.
+hndesc_joint (HNDesc's own detection head), HNDesc caps backbone, DISK (when its weights are
+installed) and pycolmap's SIFT extraction of the same images, in one run.
 
     python benchmarks/extract.py [--num_images 12]
 """
@@ -24,7 +25,7 @@ def hndesc(conf_name, image_dir, names, out, overrides):
         from hndesc_loc.models import hndesc as H
         from hndesc_loc.models.network import HNDescNet
 
-        H.load_network = lambda weights, backbone: HNDescNet(backbone).eval()
+        H.load_network = lambda weights, backbone, **kw: HNDescNet(backbone).eval()
     extract_features.main(conf, image_dir, feature_path=Path(out), image_list=names[:1])  # warm-up
     import time
 
@@ -59,13 +60,26 @@ def main():
     rows["pycolmap SIFT"] = (n / secs, mem)
     _, mem, secs = run_isolated(hndesc, "hndesc", tmp / "images", names, tmp / "lite.h5", [])
     rows["hndesc (lite+sift)"] = (n / secs, mem)
+    _, mem, secs = run_isolated(hndesc, "hndesc_joint", tmp / "images", names, tmp / "joint.h5", [])
+    rows["hndesc_joint"] = (n / secs, mem)
     _, mem, secs = run_isolated(hndesc, "hndesc_caps", tmp / "images", names, tmp / "caps.h5", [])
     rows["hndesc_caps (random weights)"] = (n / secs, mem)
+    try:
+        from hndesc_loc.detectors.disk import find_disk_weights
+
+        find_disk_weights()
+        _, mem, secs = run_isolated(hndesc, "disk", tmp / "images", names, tmp / "disk.h5", [])
+        rows["disk"] = (n / secs, mem)
+    except FileNotFoundError as e:
+        print(f"DISK skipped: {e}")
     base = rows["pycolmap SIFT"]
     print(f"\n{n} images at 1024 px, 2 CPU threads")
     print(f"{'method':32s} {'img/s':>7s} {'x SIFT':>7s} {'peak RSS MiB':>13s} {'x SIFT':>7s}")
     for k, (ips, mem) in rows.items():
         print(f"{k:32s} {ips:7.2f} {ips / base[0]:7.2f} {mem:13.0f} {mem / base[1]:7.2f}")
+    if "disk" in rows:
+        print(f"hndesc_joint vs DISK: x{rows['hndesc_joint'][0] / rows['disk'][0]:.1f} faster "
+              f"({1000 / rows['hndesc_joint'][0]:.0f} vs {1000 / rows['disk'][0]:.0f} ms / image; target >= x3)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ confs = {
                   "detector": {"name": "sift", "max_keypoints": 4096}},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
+    # Detect and describe with HNDesc alone: the trained detection head of the lite network.
+    "hndesc_joint": {
+        "output": "feats-hndesc-lite-joint-n4096-r1024",
+        "model": {"name": "hndesc_joint", "backbone": "lite", "weights": "default", "max_keypoints": 4096},
+        "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
     # The paper's ResUNet backbone; needs trained or released weights (model.weights=PATH).
     "hndesc_caps": {
         "output": "feats-hndesc-caps-sift-n4096-r1024",

@@ -10,6 +10,8 @@ def get_detector(name: str) -> type[BaseModel]:
         from .disk import DISK as cls
     elif name == "superpoint":
         from .superpoint import SuperPoint as cls
+    elif name == "hndesc":  # HNDesc's own trained detection head
+        from ..models.hndesc import HNDescJoint as cls
     else:
-        raise KeyError(f"Unknown detector '{name}'; choose one of ['sift', 'disk', 'superpoint'].")
+        raise KeyError(f"Unknown detector '{name}'; choose one of ['sift', 'disk', 'superpoint', 'hndesc'].")
     return cls

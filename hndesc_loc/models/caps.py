@@ -74,6 +74,7 @@ class CapsBackbone(nn.Module):
 
     stride = 4
     coarse_stride = 16
+    detection_inputs = [("fine", 4, 128)]  # (key, stride, channels) read by the detection head
 
     def __init__(self, descriptor_dim: int = 128, coarse_dim: int = 128):
         super().__init__()

@@ -1,9 +1,11 @@
-"""HNDesc as extractors: `HNDesc` (detector keypoints + HNDesc descriptors) and
-`HNDescGlobal` (global retrieval descriptor)."""
+"""HNDesc as extractors: `HNDesc` (detector keypoints + HNDesc descriptors), `HNDescJoint`
+(HNDesc's own detection head + descriptors, one forward pass) and `HNDescGlobal` (global
+retrieval descriptor)."""
 import torch
 
 from ..detectors import get_detector
 from ..utils.base_model import BaseModel
+from .detection import detect_keypoints
 from .network import load_network
 
 
@@ -29,6 +31,41 @@ class HNDesc(BaseModel):
         return {"keypoints": pred["keypoints"], "scores": pred["scores"], "descriptors": desc}
 
 
+class HNDescJoint(BaseModel):
+    """Detect and describe in one forward pass: keypoints are the local maxima of
+    repeatability x reliability from the detection head. Also usable as the detector
+    'hndesc' of other models (it then returns its descriptors too, like DISK)."""
+
+    default_conf = {
+        "backbone": "lite",
+        "weights": "default",          # 'default': shipped joint weights (descriptor + detection head)
+        "max_keypoints": 4096,         # strongest N after NMS (-1: all)
+        "nms_radius": 2,               # NMS window 2r+1; also the soft-argmax window
+        "detection_threshold": 0.01,   # on repeatability x reliability (both in [0,1])
+        "remove_borders": 4,           # px; the maps are unreliable where convolutions see padding
+        "refine_temperature": 0.1,     # soft-argmax temperature on scores; None: integer pixels
+    }
+    required_inputs = ["image"]
+    detection_noise = 1.0
+
+    def _init(self, conf):
+        self.net = load_network(conf["weights"], conf["backbone"], detector=True)
+
+    @torch.no_grad()
+    def _forward(self, data):
+        image = data["image"]
+        feats = self.net(image)
+        maps = self.net.detection_maps(feats, image.shape[-2:])
+        c = self.conf
+        kpts, scores = detect_keypoints(maps["repeatability"] * maps["reliability"], c["nms_radius"],
+                                        c["detection_threshold"], c["max_keypoints"], c["remove_borders"],
+                                        c["refine_temperature"])
+        n = min(len(k) for k in kpts)  # batches are of one image in practice
+        kpts = torch.stack([k[:n] for k in kpts])
+        return {"keypoints": kpts, "scores": torch.stack([s[:n] for s in scores]),
+                "descriptors": self.net.describe(feats, kpts)}
+
+
 class HNDescGlobal(BaseModel):
     default_conf = {"backbone": "lite", "weights": "default"}
     required_inputs = ["image"]
@@ -41,7 +78,7 @@ class HNDescGlobal(BaseModel):
         return {"global_descriptor": self.net.global_descriptor(self.net(data["image"]))}
 
 
-MODELS = {"hndesc": HNDesc, "hndesc_global": HNDescGlobal}
+MODELS = {"hndesc": HNDesc, "hndesc_joint": HNDescJoint, "hndesc_global": HNDescGlobal}
 
 
 def get_model(name: str) -> type[BaseModel]:

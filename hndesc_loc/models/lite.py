@@ -31,6 +31,8 @@ class LiteBackbone(nn.Module):
     stride = 4
     coarse_stride = 16
     widths = (16, 32, 48, 64, 128)
+    # Maps the detection head reads: (key, stride, channels).
+    detection_inputs = [("f2", 2, 16), ("f4", 4, 48), ("f8", 8, 64)]
 
     def __init__(self, descriptor_dim: int = 128, coarse_dim: int = 128):
         super().__init__()

@@ -7,18 +7,24 @@ import torch
 from torch import nn
 
 from .caps import CapsBackbone
+from .detection import DetectionHead
 from .global_head import GlobalHead
 from .lite import LiteBackbone
 
 BACKBONES = {"lite": LiteBackbone, "caps": CapsBackbone}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SHIPPED_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite.pt", "caps": WEIGHTS_DIR / "hndesc_caps.pt"}
+# Same descriptor weights plus a trained detection head (`hndesc_joint`).
+SHIPPED_JOINT_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite_joint.pt", "caps": WEIGHTS_DIR / "hndesc_caps_joint.pt"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class HNDescNet(nn.Module):
-    """Backbone (local descriptors) + global head, on RGB images in [0,1]."""
+    """Backbone (local descriptors) + global head + detection head, on RGB images in [0,1].
+
+    `has_trained_detector` is False when the loaded weights carry no detection head
+    (descriptor-only checkpoints, release checkpoints): the head then stays random."""
 
     def __init__(self, backbone: str = "lite"):
         super().__init__()
@@ -27,6 +33,8 @@ class HNDescNet(nn.Module):
         self.backbone_name = backbone
         self.backbone = BACKBONES[backbone]()
         self.global_head = GlobalHead(self.backbone.coarse_dim)
+        self.detection_head = DetectionHead(self.backbone.detection_inputs)
+        self.has_trained_detector = False
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -41,6 +49,10 @@ class HNDescNet(nn.Module):
 
     def global_descriptor(self, feats: dict) -> torch.Tensor:
         return self.global_head(feats["coarse"])
+
+    def detection_maps(self, feats: dict, image_size: tuple[int, int]) -> dict:
+        """{'repeatability', 'reliability'} probabilities [B,1,H,W] for an image of size (H, W)."""
+        return {k: torch.sigmoid(v) for k, v in self.detection_head(feats, image_size).items()}
 
 
 def _extract_state_dict(ckpt) -> dict:
@@ -77,24 +89,34 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> HNDescNet:
     full = any(k.startswith("backbone.") for k in state)
     target = net if full else net.backbone
     result = target.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    # Descriptor-only checkpoints have no detection head: allowed, and recorded.
+    missing = [k for k in result.missing_keys if not k.startswith("detection_head.")]
+    net.has_trained_detector = full and len(missing) == len(result.missing_keys)
+    if missing or result.unexpected_keys:
         raise ValueError(
             f"Checkpoint {path} does not fit the '{backbone}' HNDesc network.\n"
-            f"  missing keys ({len(result.missing_keys)}): {result.missing_keys[:20]}\n"
+            f"  missing keys ({len(missing)}): {missing[:20]}\n"
             f"  unexpected keys ({len(result.unexpected_keys)}): {result.unexpected_keys[:20]}"
         )
     return net.eval()
 
 
-def load_network(weights: str | Path, backbone: str) -> HNDescNet:
-    """`weights='default'` is the shipped file for the backbone; anything else is a path."""
+def load_network(weights: str | Path, backbone: str, detector: bool = False) -> HNDescNet:
+    """`weights='default'` is the shipped file for the backbone (with a trained detection head
+    when `detector`); anything else is a path."""
     if weights in (None, "default"):
-        path = SHIPPED_WEIGHTS[backbone]
+        path = (SHIPPED_JOINT_WEIGHTS if detector else SHIPPED_WEIGHTS)[backbone]
+        config = f"configs/train/{backbone}{'_joint' if detector else ''}.yaml"
         if not path.is_file():
             raise FileNotFoundError(
                 f"No shipped weights for backbone '{backbone}' ({path} is absent). "
-                f"Train it with `python -m hndesc_loc.train --config configs/train/{backbone}.yaml` and pass "
+                f"Train it with `python -m hndesc_loc.train --config {config}` and pass "
                 "model.weights=<checkpoint>, or use the 'hndesc' conf (lite backbone, shipped weights)."
             )
         weights = path
-    return load_checkpoint(weights, backbone)
+    net = load_checkpoint(weights, backbone)
+    if detector and not net.has_trained_detector:
+        raise ValueError(
+            f"Weights {weights} carry no trained detection head. Train one with "
+            f"`python -m hndesc_loc.train --config configs/train/{backbone}_joint.yaml` or use weights='default'.")
+    return net

@@ -1,4 +1,7 @@
-"""python -m hndesc_loc.train --config configs/train/lite.yaml [key=value ...] [--resume] [--show-samples]"""
+"""python -m hndesc_loc.train --config configs/train/lite.yaml [key=value ...] [--resume] [--show-samples]
+
+The config's `stage` picks what is trained: 'descriptor' (the network, AP loss) or
+'detector' (the detection head on a frozen trained network, configs/train/lite_joint.yaml)."""
 import argparse
 from pathlib import Path
 
@@ -44,9 +47,12 @@ def main(argv=None):
     if not args.config.is_file():
         raise FileNotFoundError(f"Config {args.config} does not exist.")
     conf = parse_overrides(yaml.safe_load(args.config.read_text()) or {}, args.overrides)
-    from .trainer import Trainer
+    if conf.get("stage", "descriptor") == "detector":
+        from .detector_trainer import DetectorTrainer as TrainerClass
+    else:
+        from .trainer import Trainer as TrainerClass
 
-    trainer = Trainer(conf)
+    trainer = TrainerClass(conf)
     if args.show_samples:
         show_samples(trainer, trainer.out / "samples.png")
         return

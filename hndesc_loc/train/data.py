@@ -107,13 +107,14 @@ class PairSampler:
             "keypoints0": torch.from_numpy(kp0).float(),
             "keypoints1": torch.from_numpy(kp1).float(),
             "valid": torch.from_numpy(valid),
+            "H": torch.from_numpy(pair["H"]).float(),
             "index": index,
             "appearance": pair["appearance"],
         }
 
     def batch(self, rng: np.random.Generator, indices: list[int]) -> dict:
         samples = [self.sample(rng, i) for i in indices]
-        out = {k: torch.stack([s[k] for s in samples]) for k in ("image0", "image1", "keypoints0", "keypoints1", "valid")}
+        out = {k: torch.stack([s[k] for s in samples]) for k in ("image0", "image1", "keypoints0", "keypoints1", "valid", "H")}
         out["index"] = torch.tensor([s["index"] for s in samples])
         out["appearance"] = [s["appearance"] for s in samples]
         return out

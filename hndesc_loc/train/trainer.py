@@ -19,6 +19,7 @@ from .losses import descriptor_loss, exact_ap_single_positive, candidate_lists, 
 from .synthesis import default_homography_conf, default_photometric_conf
 
 default_conf = {
+    "stage": "descriptor",         # descriptor | detector (detector_trainer.py: head on a frozen network)
     "backbone": "lite",
     "seed": 0,
     "output_dir": "runs/lite",
@@ -64,8 +65,15 @@ default_conf = {
 
 
 class Trainer:
+    """Descriptor training (stage 'descriptor'): the whole network under the AP loss.
+    Subclasses change the network, the trainable parameters, `forward` and `validate`."""
+
+    default_conf = default_conf
+    log_keys = ("loss", "ap", "global")   # scalars of `forward`'s output written to log.csv
+    val_name = "val_ap"                   # higher is better
+
     def __init__(self, conf: dict):
-        self.conf = conf = merge_conf(default_conf, conf, "train config")
+        self.conf = conf = merge_conf(self.default_conf, conf, "train config")
         torch.manual_seed(conf["seed"])
         torch.set_num_threads(conf["threads"])
         self.out = Path(conf["output_dir"])
@@ -80,13 +88,19 @@ class Trainer:
         vrng = np.random.default_rng(12345)  # fixed validation set, independent of the training seed
         self.val_batches = [val_sampler.batch(vrng, [int(vrng.integers(len(val_sampler))) for _ in range(8)])
                             for _ in range(max(1, d["num_val_pairs"] // 8))]
-        self.net = HNDescNet(conf["backbone"])
+        self.net = self.build_network()
         o = conf["optim"]
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+        self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, o["lr_step"], o["lr_gamma"])
         self.step, self.best_val = 0, -1.0
         self.rng = np.random.default_rng(conf["seed"])
         self.neighbours = None
+
+    def build_network(self) -> HNDescNet:
+        return HNDescNet(self.conf["backbone"])
+
+    def trainable_parameters(self):
+        return self.net.parameters()
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -130,7 +144,7 @@ class Trainer:
                     img = torch.from_numpy(load_source(s, c["image_size"])).permute(2, 0, 1)[None]
                     g.append(self.net.global_descriptor(self.net(img))[0].numpy())
             g = np.stack(g)
-            self.net.train()
+            self.set_train_mode()
         self.neighbours = knn_graph(g, c["k"])
 
     def next_indices(self) -> list[int]:
@@ -140,6 +154,9 @@ class Trainer:
                 self.rebuild_knn()
             return knn_batches(self.rng, self.neighbours, bs)
         return [int(i) for i in self.rng.choice(len(self.sampler), bs, replace=len(self.sampler) < bs)]
+
+    def set_train_mode(self):
+        self.net.train()
 
     def forward(self, batch: dict) -> dict:
         images = torch.cat([batch["image0"], batch["image1"]])
@@ -166,7 +183,7 @@ class Trainer:
             pos, negs, mask = candidate_lists(d0, d1, b["keypoints1"], b["valid"], ids, "in_pair", 0,
                                               self.conf["loss"]["neg_radius"])
             aps.append(exact_ap_single_positive(pos, negs, mask))
-        self.net.train()
+        self.set_train_mode()
         return float(torch.cat(aps).mean())
 
     # --------------------------------------------------------------------- loop
@@ -177,10 +194,10 @@ class Trainer:
         log = open(log_path, "w" if new_log else "a", newline="")
         writer = csv.writer(log)
         if new_log:
-            writer.writerow(["step", "loss", "ap", "global", "lr", "val_ap", "elapsed_s"])
+            writer.writerow(["step", *self.log_keys, "lr", self.val_name, "elapsed_s"])
         (self.out / "config.json").write_text(json.dumps(c, indent=2))
         start = time.time()
-        self.net.train()
+        self.set_train_mode()
         bar = tqdm(total=c["iterations"], initial=self.step, desc="train", unit="it")
         while self.step < c["iterations"]:
             batch = self.sampler.batch(self.rng, self.next_indices())
@@ -197,10 +214,9 @@ class Trainer:
                     self.best_val = val_ap
                     self.save("best_val.pt")
             elapsed = time.time() - start
-            writer.writerow([self.step, f"{out['loss'].item():.4f}", f"{out['ap'].item():.4f}",
-                             f"{out['global'].item():.4f}", self.scheduler.get_last_lr()[0], val_ap, f"{elapsed:.1f}"])
-            bar.set_postfix(loss=f"{out['loss'].item():.3f}", ap=f"{out['ap'].item():.3f}",
-                            val=f"{self.best_val:.3f}")
+            writer.writerow([self.step, *(f"{float(out[k]):.4f}" for k in self.log_keys),
+                             self.scheduler.get_last_lr()[0], val_ap, f"{elapsed:.1f}"])
+            bar.set_postfix(**{k: f"{float(out[k]):.3f}" for k in self.log_keys[:2]}, val=f"{self.best_val:.3f}")
             bar.update(1)
             if self.step % c["checkpoint_every"] == 0:
                 log.flush()
@@ -211,7 +227,7 @@ class Trainer:
         bar.close()
         self.save("latest.pt")
         log.close()
-        logger.info("Done: step %d, best validation AP %.4f, %.1f s.", self.step, self.best_val, time.time() - start)
+        logger.info("Done: step %d, best %s %.4f, %.1f s.", self.step, self.val_name, self.best_val, time.time() - start)
         return self.best_val
 
 

@@ -1,0 +1,115 @@
+"""Detection head: keypoints from score maps (NMS, threshold, borders, sub-pixel soft-argmax),
+the self-supervised losses, and the training stage that learns the head on a frozen network."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hndesc_loc.models.detection import detect_keypoints, nms_mask, refine_soft_argmax
+from hndesc_loc.train.detection_losses import cosim_loss, peaky_loss, reliability_loss, warp_map
+
+
+def blob_map(points, size=(40, 50), sigma=1.0):
+    """Score map [1,1,H,W] with Gaussian peaks at sub-pixel points (x, y)."""
+    ys, xs = torch.meshgrid(torch.arange(size[0]).float(), torch.arange(size[1]).float(), indexing="ij")
+    s = torch.zeros(size)
+    for (x, y), a in points:
+        s = torch.maximum(s, a * torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma ** 2)))
+    return s[None, None]
+
+
+def test_detect_keypoints_subpixel_order_threshold_borders():
+    pts = [((10.3, 12.6), 0.9), ((30.7, 20.2), 0.6), ((40.0, 30.0), 0.3), ((2.0, 2.0), 1.0)]
+    s = blob_map(pts)
+    kp, sc = detect_keypoints(s, nms_radius=2, threshold=0.2, max_keypoints=-1, remove_borders=4,
+                              refine_temperature=0.1)
+    kp, sc = kp[0], sc[0]
+    assert len(kp) == 3                      # the (2, 2) peak is inside the 4 px border
+    assert torch.all(sc[:-1] >= sc[1:])      # strongest first
+    expected = torch.tensor([p for p, _ in pts[:3]])
+    assert (kp - expected).norm(dim=1).max() < 0.15, kp
+    # Integer positions are off by up to 0.5 px per axis: the refinement must do better.
+    raw, _ = detect_keypoints(s, 2, 0.2, -1, 4, None)
+    assert (raw[0] - expected).norm(dim=1).max() > 0.3
+    top, _ = detect_keypoints(s, 2, 0.2, 2, 4, 0.1)
+    assert len(top[0]) == 2 and torch.allclose(top[0], kp[:2])
+    none, _ = detect_keypoints(s, 2, 0.95, -1, 4, 0.1)
+    assert len(none[0]) == 0
+
+
+def test_nms_keeps_one_peak_per_window_and_refine_stays_in_window():
+    s = torch.zeros(1, 1, 9, 9)
+    s[0, 0, 4, 4], s[0, 0, 4, 5] = 1.0, 0.5
+    assert (nms_mask(s, 1) & (s > 0)).sum() == 1   # flat zero areas are dropped by the threshold
+    out = refine_soft_argmax(s[0, 0], torch.tensor([[4, 4]]), radius=1, temperature=1.0)
+    assert 4.0 < out[0, 0] < 5.0 and abs(out[0, 1] - 4.0) < 1e-5
+
+
+def test_warp_map_and_repeatability_losses():
+    s = blob_map([((12.0, 15.0), 1.0), ((30.0, 25.0), 0.8)]) + 0.05  # sigmoid maps are never exactly 0
+    # A translation by (+3, +2): view-0 pixel p sits at p + t in view 1.
+    H = torch.tensor([[[1.0, 0, 3], [0, 1, 2], [0, 0, 1]]])
+    s1 = torch.roll(s, shifts=(2, 3), dims=(2, 3))
+    warped, valid = warp_map(s1, H, s.shape[-2:])
+    assert valid[0, 0, :-2, :-3].all() and not valid[0, 0, -1, -1]
+    assert torch.allclose(warped * valid, s * valid, atol=1e-5)
+    assert cosim_loss(s, warped, valid, 8) < 1e-4
+    assert cosim_loss(s, torch.roll(s, 3, 3), torch.ones_like(s), 8) > 0.05  # misaligned peaks cost
+    flat = torch.full_like(s, 0.5)
+    assert peaky_loss(s, 8) < peaky_loss(flat, 8)
+
+
+def test_reliability_loss_pushes_towards_ap_above_kappa():
+    rel = torch.tensor([0.5, 0.5], requires_grad=True)
+    reliability_loss(torch.tensor([0.9, 0.1]), rel, kappa=0.5).backward()
+    assert rel.grad[0] < 0 < rel.grad[1]   # raise R where AP > kappa, lower it elsewhere
+
+
+def test_detector_training_fits_the_head_and_freezes_the_rest(tmp_path):
+    from hndesc_loc.train.detector_trainer import DetectorTrainer
+
+    conf = {"output_dir": str(tmp_path), "data": {"builtin": ["brick", "camera", "coins"],
+                                                  "val_builtin": ["astronaut"], "num_val_pairs": 8,
+                                                  "crop_size": 128, "num_keypoints": 16},
+            "coarse_to_fine": {"enabled": False}, "batch_size": 2, "iterations": 2,
+            "detection": {"num_points": 64, "patch_size": 8}, "threads": 1}
+    t = DetectorTrainer(conf)
+    frozen = {k: v.clone() for k, v in t.net.state_dict().items() if not k.startswith("detection_head.")}
+    batch = t.sampler.batch(np.random.default_rng(0), [0, 1])
+    t.set_train_mode()
+    first = t.forward(batch)
+    for _ in range(25):
+        out = t.forward(batch)
+        t.optimizer.zero_grad()
+        out["total"].backward()
+        t.optimizer.step()
+    last = t.forward(batch)
+    assert math.isfinite(float(last["loss"]))
+    assert float(last["loss"]) < float(first["loss"]) - 0.05, (first, last)
+    assert all(torch.equal(v, t.net.state_dict()[k]) for k, v in frozen.items())
+    t.train()
+    assert (tmp_path / "best_val.pt").exists()
+    header = (tmp_path / "log.csv").read_text().splitlines()[0]
+    assert header == "step,loss,cosim,peaky,reliability,ap,lr,val_correct,elapsed_s"
+
+
+def test_repeatability_only_keeps_reliability_at_one(tmp_path):
+    from hndesc_loc.train.detector_trainer import DetectorTrainer
+
+    conf = {"output_dir": str(tmp_path), "data": {"builtin": ["brick", "camera"], "val_builtin": ["astronaut"],
+                                                  "num_val_pairs": 8, "crop_size": 96},
+            "coarse_to_fine": {"enabled": False}, "batch_size": 2, "iterations": 3,
+            "detection": {"num_points": 32, "patch_size": 8, "reliability_weight": 0}, "threads": 1}
+    t = DetectorTrainer(conf)
+    t.train()
+    feats = t.net(torch.rand(1, 3, 64, 64))
+    assert torch.all(t.net.detection_maps(feats, (64, 64))["reliability"] > 0.999)
+
+
+def test_joint_needs_a_trained_head():
+    from hndesc_loc.models.hndesc import HNDescJoint
+    from hndesc_loc.models.network import SHIPPED_WEIGHTS
+
+    with pytest.raises(ValueError, match="no trained detection head"):
+        HNDescJoint({"weights": str(SHIPPED_WEIGHTS["lite"])})
