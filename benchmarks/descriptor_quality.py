@@ -40,7 +40,7 @@ def method_confs(extra_weights: list[Path], extra_joint_weights: list[Path] = ()
     if SHIPPED_JOINT_WEIGHTS["lite"].is_file():
         confs["hndesc_joint"] = c["hndesc_joint"]
     for w in extra_joint_weights:
-        confs[f"hndesc_joint ({Path(w).parent.name})"] = po(c["hndesc_joint"], [f"model.weights={w}"])
+        confs[f"hndesc_joint ({Path(w).parent.name}-{Path(w).stem})"] = po(c["hndesc_joint"], [f"model.weights={w}"])
     try:
         from hndesc_loc.detectors.disk import find_disk_weights
 
@@ -60,6 +60,10 @@ def held_out_dataset(outputs: Path) -> Path:
     return dataset
 
 
+def feature_file(outputs: Path, label: str) -> Path:
+    return outputs / f"{label.replace(' ', '_').replace('/', '_').replace('(', '').replace(')', '')}.h5"
+
+
 def evaluate_methods(outputs: Path, confs: dict) -> tuple[dict, dict, dict]:
     """Extract every conf on the held-out HPatches-style set and evaluate it with the project's
     HPatches evaluator. Returns (results, seconds per image, descriptor dimension)."""
@@ -67,7 +71,7 @@ def evaluate_methods(outputs: Path, confs: dict) -> tuple[dict, dict, dict]:
     names = hpatches.image_names(dataset)
     results, timings, dims = {}, {}, {}
     for label, conf in confs.items():
-        fpath = outputs / f"{label.replace(' ', '_').replace('/', '_').replace('(', '').replace(')', '')}.h5"
+        fpath = feature_file(outputs, label)
         t = time.time()
         n_before = len(extract_features.list_h5_names(fpath))
         extract_features.main(conf, dataset, feature_path=fpath, image_list=names)
@@ -77,6 +81,34 @@ def evaluate_methods(outputs: Path, confs: dict) -> tuple[dict, dict, dict]:
         with open_h5(fpath) as fd:
             dims[label] = (fd[names[0]]["descriptors"].shape[0], fd[names[0]]["descriptors"].dtype.name)
     return results, timings, dims
+
+
+def detection_figures(outputs: Path, conf: dict, label: str) -> list[Path]:
+    """Keypoints + repeatability / reliability maps of a day image and its night version, and
+    the matches of that illumination pair (green: within 3 px of the ground truth)."""
+    import torch
+
+    from hndesc_loc.extract_features import build_model, load_image
+    from hndesc_loc.io import read_image
+    from hndesc_loc.viz import plot_detection
+
+    dataset = held_out_dataset(outputs)
+    seq = next(s for s in hpatches.list_sequences(dataset) if s.startswith("i_"))
+    model = build_model(conf)
+    images, maps, kpts = [], [], []
+    for k in (1, 6):
+        image = load_image(dataset / seq / f"{k}.ppm", conf["preprocessing"])["image"][None]
+        with torch.no_grad():
+            feats = model.net(image)
+            m = model.net.detection_maps(feats, image.shape[-2:])
+            pred = model({"image": image})
+        images.append(read_image(dataset / seq / f"{k}.ppm"))
+        maps.append({key: v[0, 0].numpy() for key, v in m.items()})
+        kpts.append(pred["keypoints"][0].numpy())
+    paths = [outputs / "detection_maps.png", outputs / "joint_illumination_matches.png"]
+    plot_detection(images, maps, kpts, paths[0], [f"{seq}/1.ppm", f"{seq}/6.ppm"])
+    hpatches.plot_pair(dataset, feature_file(outputs, label), seq, 6, paths[1])
+    return paths
 
 
 def main():
@@ -89,7 +121,7 @@ def main():
     a = p.parse_args()
     confs = method_confs(a.weights, a.joint_weights)
     if a.only_weights:
-        tags = [f"({Path(w).stem})" for w in a.weights] + [f"({Path(w).parent.name})" for w in a.joint_weights]
+        tags = [f"({Path(w).stem})" for w in a.weights] + [f"({Path(w).parent.name}-{Path(w).stem})" for w in a.joint_weights]
         confs = {k: v for k, v in confs.items() if any(t in k for t in tags)}
     results, timings, _ = evaluate_methods(a.outputs, confs)
     print("\nHPatches-style set from held-out photos (NOT HPatches numbers), 640 px, mutual NN")
@@ -97,6 +129,9 @@ def main():
     for label, t in timings.items():
         print(f"extraction {label}: {t * 1000:.0f} ms / image")
     print({k: str(v) for k, v in hpatches.save_results(results, a.outputs, "quality").items()})
+    joint = [k for k in results if k.startswith("hndesc_joint")]
+    if joint:
+        print("figures:", detection_figures(a.outputs, confs[joint[0]], joint[0]))
     ref = results.get("sift-desc on same kpts")
     for label in results:
         if label.startswith("hndesc (") and ref is not None:

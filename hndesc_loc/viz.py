@@ -55,6 +55,25 @@ def plot_keypoints(image: np.ndarray, kpts: np.ndarray, path: Path, title: str =
     _save(fig, path)
 
 
+def plot_detection(images: list[np.ndarray], maps: list[dict], keypoints: list[np.ndarray], path: Path,
+                   titles: list[str]):
+    """Per row: the image with its keypoints, the repeatability map and the reliability map
+    (maps: {'repeatability', 'reliability'} [H,W] in [0,1])."""
+    plt = _plt()
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(12, 4 * n * images[0].shape[0] / images[0].shape[1] + 0.5), squeeze=False)
+    for row, (img, m, kp, t) in enumerate(zip(images, maps, keypoints, titles)):
+        axes[row, 0].imshow(img)
+        axes[row, 0].scatter(kp[:, 0], kp[:, 1], s=1.5, c="lime")
+        axes[row, 0].set_title(f"{t}: {len(kp)} keypoints", fontsize=9)
+        for col, key in ((1, "repeatability"), (2, "reliability")):
+            axes[row, col].imshow(m[key], vmin=0, vmax=1, cmap="magma")
+            axes[row, col].set_title(key, fontsize=9)
+        for ax in axes[row]:
+            ax.axis("off")
+    _save(fig, path)
+
+
 def plot_localization(query_image: np.ndarray, db_image: np.ndarray, kp_query: np.ndarray, kp_db: np.ndarray,
                       path: Path, title: str):
     """The query (left) with its inlier 2D-3D matches, drawn through the database image

@@ -113,3 +113,60 @@ def test_joint_needs_a_trained_head():
 
     with pytest.raises(ValueError, match="no trained detection head"):
         HNDescJoint({"weights": str(SHIPPED_WEIGHTS["lite"])})
+
+
+def _two_views(night: bool):
+    """astronaut (never trained on) and a homographic second view, optionally rendered at night."""
+    import cv2
+    import skimage.data
+
+    from hndesc_loc.train.synthesis import render_night
+
+    img = cv2.resize(skimage.data.astronaut(), (384, 384), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    H = np.array([[0.93, -0.22, 40.0], [0.2, 0.95, -20.0], [1e-4, 5e-5, 1.0]])
+    view = cv2.warpPerspective(img, H, (384, 384), flags=cv2.INTER_LINEAR)
+    if night:
+        view = render_night(np.random.default_rng(3), view)
+    to_t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float()
+    return to_t(img), to_t(view), H
+
+
+@pytest.mark.parametrize("night", [False, True])
+def test_joint_detects_repeatable_matchable_keypoints(night):
+    """A broken head (random weights, wrong pixel phase, no refinement) fails these bounds."""
+    from hndesc_loc.hpatches import pair_metrics
+    from hndesc_loc.models.hndesc import HNDescJoint
+
+    model = HNDescJoint({"max_keypoints": 1024}).eval()
+    im0, im1, H = _two_views(night)
+    f = []
+    for im in (im0, im1):
+        p = model({"image": im})
+        f.append({"keypoints": p["keypoints"][0].numpy(), "descriptors": p["descriptors"][0].numpy(),
+                  "image_size": np.array([384, 384])})
+    m = pair_metrics(f[0], f[1], H, (384, 384))
+    # Measured: trained day/night MMA@3 0.90/0.78, 394/256 correct, corner error 0.7/0.6 px;
+    # a random head 0.74/0.68, 256/152, 2.1/3.0 px.
+    assert m["keypoints"] > 300 and m["rep3"] > (0.5 if night else 0.65), m
+    assert m["mma"][2] > (0.74 if night else 0.86) and m["correct3"] > (210 if night else 340), m
+    assert m["corner_error"] < 1.5, m
+
+
+def test_joint_extraction_hloc_format_and_as_detector(photo_dir, tmp_path):
+    import h5py
+
+    from hndesc_loc import extract_features
+
+    conf = extract_features.confs["hndesc_joint"]
+    out = extract_features.main(conf, photo_dir, tmp_path)
+    other = extract_features.parse_overrides(extract_features.confs["hndesc"], ["model.detector={name: hndesc}"])
+    out2 = extract_features.main(other, photo_dir, feature_path=tmp_path / "as_detector.h5")
+    with h5py.File(out, "r") as fd, h5py.File(out2, "r") as fd2:
+        g = fd["a.jpg"]
+        kp, desc, sc, size = g["keypoints"][()], g["descriptors"][()], g["scores"][()], g["image_size"][()]
+        assert kp.dtype == np.float32 and desc.dtype == np.float16 and desc.shape == (128, len(kp)) == (128, len(sc))
+        assert len(kp) > 100 and np.all(np.diff(sc.astype(np.float32)) <= 1e-3)
+        assert np.all(kp >= 0) and np.all(kp <= size - 1)
+        assert g["keypoints"].attrs["uncertainty"] > 0
+        # The same head used as the detector of the `hndesc` model gives the same features.
+        assert np.allclose(fd2["a.jpg/keypoints"][()], kp) and np.allclose(fd2["a.jpg/descriptors"][()], desc, atol=2e-3)

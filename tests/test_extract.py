@@ -101,7 +101,8 @@ def test_global_descriptors(photo_dir, tmp_path):
         assert g.shape == (128,) and abs(np.linalg.norm(g.astype(np.float32)) - 1) < 1e-2
 
 
-def test_hloc_plugin_with_standin(photo_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("conf_name", ["hndesc", "hndesc_joint"])
+def test_hloc_plugin_with_standin(photo_dir, tmp_path, monkeypatch, conf_name):
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "hloc_standin"))
     for m in [m for m in sys.modules if m == "hloc" or m.startswith("hloc.")]:
         monkeypatch.delitem(sys.modules, m)
@@ -109,8 +110,8 @@ def test_hloc_plugin_with_standin(photo_dir, tmp_path, monkeypatch):
 
     from hndesc_loc import hloc_plugin
 
-    assert "hndesc" in hloc_plugin.register()
-    conf = hndesc_loc.confs["hndesc"]
+    assert {"hndesc", "hndesc_joint"} <= set(hloc_plugin.register())
+    conf = hndesc_loc.confs[conf_name]
     (tmp_path / "hloc").mkdir()
     out_hloc = hloc.extract_features.main(conf, photo_dir, tmp_path / "hloc")
     ours = extract_features.main(conf, photo_dir, tmp_path / "ours")

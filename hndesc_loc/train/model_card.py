@@ -57,7 +57,9 @@ def main(argv=None):
         f"{small['val_ap']:.4f}).",
         f"- Training: {rows[-1]['step']} iterations in {elapsed / 60:.1f} min on a 2-core CPU "
         f"({int(rows[-1]['step']) / elapsed:.2f} it/s, shared with other work), batch {conf['batch_size']} pairs of "
-        f"{conf['data']['crop_size']} px crops, {conf['data']['num_keypoints']} keypoints per crop.",
+        f"{conf['data']['crop_size']} px crops, "
+        + (f"{conf['detection']['num_points']} uniform points per crop." if conf.get("stage") == "detector"
+           else f"{conf['data']['num_keypoints']} keypoints per crop."),
         loss_line(conf),
         "- Data (all available offline): training folders " + ", ".join(f"`{f}`" for f in conf["data"]["folders"])
         + "; scikit-image photos " + ", ".join(conf["data"]["builtin"]) + ".",
