@@ -2,7 +2,8 @@
 # Ablation of the detection head's objective (same data, seed and budget per variant):
 #   rep_rel:  R2D2 repeatability (cosim + peaky) + AP reliability   (the shipped choice)
 #   rep_only: repeatability alone (reliability constant 1)
-# Then: python benchmarks/descriptor_quality.py --only_joint --joint_weights runs/det_ablation_*/best_val.pt
+# Then: python benchmarks/descriptor_quality.py --only_weights \
+#         --joint_weights runs/det_ablation_rep_rel/best_val.pt runs/det_ablation_rep_only/best_val.pt
 set -euo pipefail
 ITERS=${ITERS:-600}
 for variant in rep_rel rep_only; do

@@ -170,3 +170,26 @@ def test_joint_extraction_hloc_format_and_as_detector(photo_dir, tmp_path):
         assert g["keypoints"].attrs["uncertainty"] > 0
         # The same head used as the detector of the `hndesc` model gives the same features.
         assert np.allclose(fd2["a.jpg/keypoints"][()], kp) and np.allclose(fd2["a.jpg/descriptors"][()], desc, atol=2e-3)
+
+
+def test_detector_stage_on_caps(tmp_path):
+    """The head and its training work on the paper's ResUNet too (random caps weights here)."""
+    from hndesc_loc.models.network import HNDescNet
+    from hndesc_loc.train.detector_trainer import DetectorTrainer
+
+    base = {"output_dir": str(tmp_path / "run"), "backbone": "caps",
+            "data": {"builtin": ["brick", "camera"], "val_builtin": ["astronaut"], "num_val_pairs": 8,
+                     "crop_size": 64, "num_keypoints": 8},
+            "coarse_to_fine": {"enabled": False}, "batch_size": 1, "iterations": 2, "val_every": 2,
+            "detection": {"num_points": 16, "patch_size": 8, "val_keypoints": 20}, "threads": 2}
+    with pytest.raises(FileNotFoundError, match="init_weights"):
+        DetectorTrainer({**base, "init_weights": None})
+    torch.manual_seed(0)
+    torch.save({"model": HNDescNet("caps").state_dict(), "backbone": "caps"}, tmp_path / "caps.pt")
+    t = DetectorTrainer({**base, "init_weights": str(tmp_path / "caps.pt")})
+    t.train()
+    from hndesc_loc.models.network import load_network
+
+    net = load_network(tmp_path / "run" / "best_val.pt", "caps", detector=True)
+    maps = net.detection_maps(net(torch.rand(1, 3, 70, 90)), (70, 90))
+    assert maps["repeatability"].shape == (1, 1, 70, 90)

@@ -42,7 +42,10 @@ class DetectorTrainer(Trainer):
     val_name = "val_correct"   # correct (3 px) mutual matches per validation pair
 
     def build_network(self) -> HNDescNet:
-        net = load_network(self.conf["init_weights"], self.conf["backbone"])
+        try:
+            net = load_network(self.conf["init_weights"], self.conf["backbone"])
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"init_weights: the detection head trains on a frozen, trained network. {e}") from e
         for p in net.parameters():
             p.requires_grad_(False)
         for p in net.detection_head.parameters():
