@@ -15,6 +15,7 @@ from ..models.network import HNDescNet, load_network
 from ..models.sampling import sample_features
 from .detection_losses import cosim_loss, peaky_loss, reliability_loss, warp_map
 from .losses import candidate_lists, exact_ap_single_positive
+from .synthesis import warp_points
 from .trainer import Trainer, default_conf
 
 default_detector_conf = {
@@ -88,7 +89,7 @@ class DetectorTrainer(Trainer):
 
         # Reliability: the frozen descriptor's AP at uniform points, in-pair + in-batch negatives.
         kp0 = self.uniform_points(B, size[-1])
-        kp1 = torch.from_numpy(np.stack([_warp(h, k) for h, k in zip(H.double().numpy(), kp0.double().numpy())])).float()
+        kp1 = torch.from_numpy(np.stack([warp_points(h, k) for h, k in zip(H.double().numpy(), kp0.double().numpy())])).float()
         valid = ((kp1 >= 0) & (kp1 <= size[-1] - 1)).all(-1)
         with torch.no_grad():
             d = self.net.describe(feats, torch.cat([kp0, kp1]))
@@ -109,35 +110,23 @@ class DetectorTrainer(Trainer):
     @torch.no_grad()
     def validate(self) -> float:
         """Correct (3 px) mutual-NN matches per fixed validation pair, `val_keypoints` per crop."""
-        from ..matchers import default_matcher_conf, match_nearest_neighbor
+        from ..hpatches import pair_metrics
 
         c = self.conf["detection"]
         self.net.eval()
         correct = []
         for b in self.val_batches:
             images = torch.cat([b["image0"], b["image1"]])
-            B = b["image0"].shape[0]
+            B, size = b["image0"].shape[0], images.shape[-2:]
             feats = self.net(images)
-            maps = self.net.detection_maps(feats, images.shape[-2:])
+            maps = self.net.detection_maps(feats, size)
             kpts, _ = detect_keypoints(maps["repeatability"] * maps["reliability"], c["nms_radius"], 0.0,
                                        c["val_keypoints"], 4, 0.1)
+            f = [{"keypoints": k.numpy(), "image_size": np.array(size[::-1]),
+                  "descriptors": self.net.describe({n: v[j:j + 1] for n, v in feats.items()}, k[None])[0].numpy()}
+                 for j, k in enumerate(kpts)]
             for i in range(B):
-                k0, k1 = kpts[i], kpts[B + i]
-                if len(k0) == 0 or len(k1) == 0:
-                    correct.append(0)
-                    continue
-                d0 = self.net.describe({k: v[i:i + 1] for k, v in feats.items()}, k0[None])[0]   # [D,N]
-                d1 = self.net.describe({k: v[B + i:B + i + 1] for k, v in feats.items()}, k1[None])[0]
-                m0 = match_nearest_neighbor(d0[None], d1[None], default_matcher_conf)["matches0"][0]
-                ok = m0 > -1
-                err = np.linalg.norm(_warp(b["H"][i].double().numpy(), k0[ok].double().numpy())
-                                     - k1[m0[ok]].numpy(), axis=1)
-                correct.append(int((err <= 3).sum()))
+                m = pair_metrics(f[i], f[B + i], b["H"][i].double().numpy(), tuple(size[::-1]))
+                correct.append(m["correct3"])
         self.set_train_mode()
         return float(np.mean(correct))
-
-
-def _warp(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    from .synthesis import warp_points
-
-    return warp_points(H, pts)
