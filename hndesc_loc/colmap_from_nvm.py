@@ -5,7 +5,6 @@ Measurements are relative to the principal point; only triangulated observations
 """
 from __future__ import annotations
 
-import argparse
 import sqlite3
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from tqdm import tqdm
 from . import logger
 from .evaluate import qvec_to_rotmat
 from .io import atomic_path
+from .utils.cli import Parser, run as run_cli
 
 
 def read_intrinsics(path: Path) -> dict[str, pycolmap.Camera]:
@@ -97,7 +97,7 @@ def main(nvm: Path, intrinsics: Path, database: Path | None, output: Path, skip_
 
 
 def cli():
-    p = argparse.ArgumentParser(description=__doc__)
+    p = Parser(description=__doc__)
     p.add_argument("--nvm", type=Path, required=True)
     p.add_argument("--intrinsics", type=Path, required=True)
     p.add_argument("--database", type=Path)
@@ -107,4 +107,4 @@ def cli():
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

@@ -51,9 +51,17 @@ def create_db_from_model(rec: pycolmap.Reconstruction, database_path: Path) -> d
 
 @contextlib.contextmanager
 def quiet(verbose: bool = False):
-    """Silence pycolmap's stdout chatter unless verbose."""
+    """Silence pycolmap's chatter (stdout, and COLMAP's glog INFO lines on stderr) unless
+    verbose; warnings and errors still show."""
     if verbose:
         yield
         return
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+    import pycolmap
+
+    level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 1  # WARNING and above
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        pycolmap.logging.minloglevel = level

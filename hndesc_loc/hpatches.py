@@ -79,7 +79,7 @@ def evaluate_features(root: Path, features: Path, matcher_conf: dict | None = No
     """Evaluate one feature file on an HPatches-format data set."""
     root = Path(root)
     seqs = list_sequences(root)
-    per = {"v": [], "i": []}
+    per = {"v": [], "i": [], "h": []}  # h_: held-out photometric families (generated sets only)
     with open_h5(features) as fd:
         missing = [n for n in image_names(root) if n not in fd]
         if missing:
@@ -96,7 +96,8 @@ def evaluate_features(root: Path, features: Path, matcher_conf: dict | None = No
 
 def summarize(per: dict) -> dict:
     out = {}
-    for split, rows in (("v", per["v"]), ("i", per["i"]), ("avg", per["v"] + per["i"])):
+    # avg over v and i only, as HPatches reports it; h is reported on its own.
+    for split, rows in (("v", per["v"]), ("i", per["i"]), ("h", per.get("h", [])), ("avg", per["v"] + per["i"])):
         if not rows:
             continue
         ce = np.array([r["corner_error"] for r in rows])
@@ -117,7 +118,7 @@ def format_table(results: dict[str, dict]) -> str:
     lines = [f"{'method':28s} {'split':5s} {'MMA@1':>6s} {'@3':>6s} {'@5':>6s} {'@10':>6s} | "
              f"{'H@1':>5s} {'@3':>5s} {'@5':>5s} {'@10':>5s} | {'kpts':>6s} {'matches':>7s} {'corr@3':>7s} {'rep@3':>6s}"]
     for name, res in results.items():
-        for split in ("v", "i", "avg"):
+        for split in ("v", "i", "h", "avg"):
             if split not in res:
                 continue
             r = res[split]
@@ -135,7 +136,8 @@ def save_results(results: dict[str, dict], out_dir: Path, stem: str = "hpatches"
     out_dir = Path(out_dir)
     paths = {"json": out_dir / f"{stem}.json"}
     write_text_atomic(paths["json"], json.dumps(results, indent=2))
-    for split, title in (("v", "viewpoint"), ("i", "illumination"), ("avg", "overall")):
+    for split, title in (("v", "viewpoint"), ("i", "illumination"), ("h", "held-out photometric families"),
+                         ("avg", "overall")):
         curves = {n: (THRESHOLDS, np.array(r[split]["mma"])) for n, r in results.items() if split in r}
         if curves:
             paths[split] = out_dir / f"{stem}_mma_{split}.png"
@@ -145,10 +147,13 @@ def save_results(results: dict[str, dict], out_dir: Path, stem: str = "hpatches"
 
 # ------------------------------------------------------------------------ generator
 def generate(photos: list[Path], out_dir: Path, seed: int = 0, max_size: int = 640,
-             homography_conf: dict | None = None) -> Path:
+             homography_conf: dict | None = None, held_out_families: bool = False) -> Path:
     """Write an HPatches-format data set: for each photo a `v_` sequence (random homographies)
-    and an `i_` sequence (day-to-night renderings and colour transfers, identity homography).
-    Never report its numbers as HPatches numbers."""
+    and an `i_` sequence (day-to-night renderings and colour transfers, identity homography:
+    the training renderer's families). With `held_out_families`, also an `h_` sequence of
+    photometric changes training never uses (`hndesc_loc.heldout_photometric`: sensor night,
+    tone curve, colour temperature, cast shadow, sensor night). Never report its numbers as
+    HPatches numbers."""
     from .io import read_image
     from .train.synthesis import color_transfer, render_night
 
@@ -179,6 +184,15 @@ def generate(photos: list[Path], out_dir: Path, seed: int = 0, max_size: int = 6
             change = render_night(rng, img) if k % 2 == 0 else color_transfer(img, other, 0.9)
             save(i / f"{k}.ppm", change)
             np.savetxt(i / f"H_1_{k}", np.eye(3))
+        if held_out_families:
+            from .heldout_photometric import FAMILIES
+
+            hseq = out_dir / f"h_{stem}"
+            save(hseq / "1.ppm", img)
+            order = list(FAMILIES) + ["sensor_night"]
+            for k, fam in zip(range(2, 7), order):
+                save(hseq / f"{k}.ppm", FAMILIES[fam](rng, img))
+                np.savetxt(hseq / f"H_1_{k}", np.eye(3))
     return out_dir
 
 

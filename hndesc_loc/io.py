@@ -24,13 +24,26 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".t
 _STAGING = "__staging__"  # items are written here, then moved to their name once complete
 
 
+def require_path(path: Path) -> Path:
+    """`path`, or an error naming this machine (workers of a cluster need shared paths)."""
+    if not Path(path).exists():
+        import socket
+
+        raise FileNotFoundError(f"{path} does not exist on node {socket.gethostname()}: a cluster must share the "
+                                "dataset and output folders at the same paths (README, Running on a cluster).")
+    return Path(path)
+
+
 # ----------------------------------------------------------------------------- images
 def read_image(path: Path, grayscale: bool = False) -> np.ndarray:
-    """Read an image as RGB uint8 [H,W,3] (or [H,W] if grayscale); clear error if unreadable."""
+    """Read an image as RGB uint8 [H,W,3] (or [H,W] if grayscale); clear error if unreadable.
+
+    The EXIF orientation is ignored: pixels come in their stored layout, the one COLMAP
+    (cameras, image sizes), the benchmarks' intrinsics and hloc's `image_size` refer to."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Image {path} does not exist: check image_dir / the image list.")
-    mode = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
+    mode = (cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
     image = cv2.imread(str(path), mode)
     if image is None or image.size == 0:
         raise ValueError(
@@ -55,25 +68,101 @@ def list_images(root: Path, prefix: str = "") -> list[str]:
     )
     if not names:
         raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {base}.")
+    check_names(names, base)
     return names
+
+
+def check_names(names: Iterable[str], where) -> None:
+    """Refuse image names with whitespace: pair and query lists are whitespace-separated
+    (hloc's formats), so such names cannot round-trip through them."""
+    bad = [n for n in names if any(c.isspace() for c in n)]
+    if bad:
+        raise ValueError(f"{len(bad)} image name(s) in {where} contain whitespace, e.g. {bad[0]!r}: pair and query "
+                         "files separate names by spaces; rename the files (e.g. spaces to '_') and rerun.")
 
 
 # -------------------------------------------------------------------------- HDF5 files
 def open_h5(path: Path, mode: str = "r") -> h5py.File:
-    """Open an HDF5 file the way hloc does; a corrupt file gets a clear error."""
+    """Open an HDF5 file; a corrupt file gets a clear error.
+
+    Files are written with the default (earliest) format bounds, not hloc's libver='latest':
+    the latter marks the file 'open for write' in its superblock, and a process killed with
+    SIGKILL leaves that mark behind, which makes the file unopenable. Files that carry such
+    a stale mark (older runs, other tools) are recovered: their complete items are copied
+    to a fresh file that replaces them."""
     path = Path(path)
     if mode == "r" and not path.exists():
         raise FileNotFoundError(f"HDF5 file {path} does not exist.")
     try:
-        fd = h5py.File(str(path), mode, libver="latest")
+        fd = h5py.File(str(path), mode)
     except OSError as e:
-        raise OSError(
-            f"Cannot open HDF5 file {path} ({e}). If a previous run was killed while writing it, "
-            "delete it and rerun."
-        ) from e
+        if "already open for write" not in str(e):
+            raise OSError(f"Cannot open HDF5 file {path} ({e}): the file is corrupt; delete it and rerun.") from e
+        _recover_stale_write_mark(path)
+        fd = h5py.File(str(path), mode)
     if mode != "r" and _STAGING in fd:
         del fd[_STAGING]  # leftovers of a killed run: never trusted
     return fd
+
+
+def _lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' lookup3 `hashlittle`, the checksum of HDF5's superblock (H5_checksum_lookup3)."""
+    M = 0xFFFFFFFF
+
+    def rot(x, k):
+        return ((x << k) | (x >> (32 - k))) & M
+
+    length = len(data)
+    a = b = c = (0xDEADBEEF + length + initval) & M
+    i = 0
+    while length - i > 12:
+        a = (a + int.from_bytes(data[i:i + 4], "little")) & M
+        b = (b + int.from_bytes(data[i + 4:i + 8], "little")) & M
+        c = (c + int.from_bytes(data[i + 8:i + 12], "little")) & M
+        a = (a - c) & M; a ^= rot(c, 4); c = (c + b) & M
+        b = (b - a) & M; b ^= rot(a, 6); a = (a + c) & M
+        c = (c - b) & M; c ^= rot(b, 8); b = (b + a) & M
+        a = (a - c) & M; a ^= rot(c, 16); c = (c + b) & M
+        b = (b - a) & M; b ^= rot(a, 19); a = (a + c) & M
+        c = (c - b) & M; c ^= rot(b, 4); b = (b + a) & M
+        i += 12
+    tail = data[i:] + bytes(12 - (length - i))
+    if length - i == 0:
+        return c
+    a = (a + int.from_bytes(tail[0:4], "little")) & M
+    b = (b + int.from_bytes(tail[4:8], "little")) & M
+    c = (c + int.from_bytes(tail[8:12], "little")) & M
+    c ^= b; c = (c - rot(b, 14)) & M
+    a ^= c; a = (a - rot(c, 11)) & M
+    b ^= a; b = (b - rot(a, 25)) & M
+    c ^= b; c = (c - rot(b, 16)) & M
+    a ^= c; a = (a - rot(c, 4)) & M
+    b ^= a; b = (b - rot(a, 14)) & M
+    c ^= b; c = (c - rot(b, 24)) & M
+    return c
+
+
+def _recover_stale_write_mark(path: Path) -> None:
+    """Clear the 'open for write' flags of a version-2/3 superblock (what `h5clear -s` does)
+    and rewrite its checksum. Items are written atomically and flushed one by one, so the
+    file's content is that of the last complete item."""
+    import logging
+
+    logging.getLogger("hndesc_loc").warning("%s was left open for write by a killed run: clearing the mark.", path)
+    signature = b"\x89HDF\r\n\x1a\n"
+    with open(path, "r+b") as f:
+        head = f.read(4096)
+        base = next((o for o in (0, 512, 1024, 2048) if head[o:o + 8] == signature), None)
+        if base is None or head[base + 8] not in (2, 3):
+            raise OSError(f"Cannot recover HDF5 file {path}: unexpected superblock; delete it and rerun.")
+        size_of_offsets = head[base + 9]
+        end = base + 12 + 4 * size_of_offsets  # flags at +11, then 4 addresses, then the checksum
+        block = bytearray(head[base:end])
+        block[11] = 0
+        f.seek(base + 11)
+        f.write(bytes([0]))
+        f.seek(end)
+        f.write(_lookup3(bytes(block)).to_bytes(4, "little"))
 
 
 def _list_groups(fd: h5py.File) -> set[str]:
@@ -132,6 +221,50 @@ def get_keypoints(path: Path, name: str, return_uncertainty: bool = False):
     return (kpts, unc) if return_uncertainty else kpts
 
 
+# ------------------------------------------------------------------------- provenance
+PROVENANCE = "hndesc_loc_provenance"  # root attribute: JSON of what made the file's items
+
+
+def provenance_string(record: dict) -> str:
+    import json
+
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+def read_provenance(path: Path) -> str | None:
+    if not Path(path).exists():
+        return None
+    with open_h5(path) as fd:
+        return fd.attrs.get(PROVENANCE)
+
+
+def claim_file(path: Path, provenance: str, overwrite: bool, what: str) -> None:
+    """Make `path` an output of `provenance`: a new file records it; a file made by the same
+    provenance is resumed; one made by another is replaced when `overwrite`, else refused
+    (its items would be silently reused). Files without a record (hloc's, older runs) are
+    adopted with a warning."""
+    import logging
+
+    path = Path(path)
+    old = None
+    if path.exists():
+        with open_h5(path) as fd:
+            old, n = fd.attrs.get(PROVENANCE), len(_list_groups(fd))
+        if old == provenance:
+            return  # resumed as is: the file is not touched
+        if old is not None and old != provenance and n:  # an empty file is anyone's
+            if not overwrite:
+                raise ValueError(
+                    f"{path} holds {what} made with another configuration (stored: {old[:300]}); "
+                    "use --overwrite to replace them, or another output path.")
+            path.unlink()
+        elif old is None and n:
+            logging.getLogger("hndesc_loc").warning(
+                "%s has no provenance record (made by hloc or an older version): its %d items are reused.", path, n)
+    with open_h5(path, "a") as fd:
+        fd.attrs[PROVENANCE] = provenance
+
+
 # ---------------------------------------------------------------------------- matches
 def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
     return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))
@@ -154,9 +287,11 @@ def find_pair(fd: h5py.File, name0: str, name1: str) -> tuple[str, bool] | None:
     return None
 
 
-def read_matches(fd: h5py.File, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+def read_matches(fd: h5py.File, name0: str, name1: str,
+                 num_keypoints: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """From an open match file: matches [M,2] (indices into name0, name1, whatever order the
-    pair is stored in) and their scores [M]. Keeping the handle open avoids reopening per pair."""
+    pair is stored in) and their scores [M]. Keeping the handle open avoids reopening per pair.
+    `num_keypoints` (of name0, name1): indices beyond them are an error (stale matches)."""
     found = find_pair(fd, name0, name1)
     if found is None:
         raise KeyError(f"Pair ({name0}, {name1}) not found in match file {fd.filename}: "
@@ -168,6 +303,10 @@ def read_matches(fd: h5py.File, name0: str, name1: str) -> tuple[np.ndarray, np.
     m = np.stack([idx, matches[idx]], -1).reshape(-1, 2)
     if reverse:
         m = np.ascontiguousarray(m[:, ::-1])
+    if num_keypoints is not None and len(m) and (m[:, 0].max() >= num_keypoints[0] or m[:, 1].max() >= num_keypoints[1]):
+        raise ValueError(f"Matches of ({name0}, {name1}) in {fd.filename} index keypoints beyond the "
+                         f"{num_keypoints} of the feature file: they were computed from other features; "
+                         "rerun match_features with --overwrite.")
     return m, scores[idx]
 
 
@@ -205,6 +344,7 @@ def parse_retrieval(path: Path) -> dict[str, list[str]]:
 
 def write_pairs(path: Path, pairs: Iterable[tuple[str, str]]) -> None:
     pairs = list(pairs)
+    check_names((n for p in pairs for n in p), path)
     if not pairs:
         raise ValueError(f"No pairs to write to {path}.")
     write_text_atomic(path, "".join(f"{a} {b}\n" for a, b in pairs))

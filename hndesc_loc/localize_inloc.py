@@ -7,7 +7,6 @@ transformation files; no SfM model.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +18,9 @@ from tqdm import tqdm
 
 from . import logger
 from .io import open_h5, parse_retrieval, read_matches, write_poses, write_text_atomic
+from .utils.base_model import merge_conf
 from .localize_sfm import query_result_name
+from .utils.cli import Parser, run as run_cli
 
 default_conf = {
     "ransac_thresh": 48.0,     # px at full resolution (hloc's InLoc setting)
@@ -110,7 +111,7 @@ def localize_query(dataset: Path, qname: str, db_names: list[str], ffeat, fmatch
 
 def main(dataset: Path, retrieval: Path, features: Path, matches: Path, results: Path, conf: dict | None = None) -> Path:
     dataset = Path(dataset)
-    conf = {**default_conf, **(conf or {})}
+    conf = merge_conf(default_conf, conf or {}, "localize_inloc conf")
     retrieval_dict = parse_retrieval(retrieval)
     poses, logs = {}, {}
     with open_h5(features) as ffeat, open_h5(matches) as fmatch:
@@ -131,7 +132,7 @@ def main(dataset: Path, retrieval: Path, features: Path, matches: Path, results:
 
 
 def cli():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     for name in ("dataset", "retrieval", "features", "matches", "results"):
         p.add_argument(f"--{name}", type=Path, required=True)
     p.add_argument("--ransac_thresh", type=float, default=48.0)
@@ -140,4 +141,4 @@ def cli():
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

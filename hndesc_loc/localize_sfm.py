@@ -6,16 +6,16 @@ images, LO-RANSAC + refinement (pycolmap), results in the benchmark's format.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pycolmap
-from tqdm import tqdm
 
 from . import logger
 from .io import open_h5, parse_image_list_with_intrinsics, parse_retrieval, read_matches, write_poses, write_text_atomic
+from .utils.base_model import merge_conf
+from .utils.cli import Parser, run as run_cli
 
 default_conf = {
     "ransac_thresh": 12.0,       # px, hloc's default for Aachen (InLoc: 48 at full resolution)
@@ -31,7 +31,7 @@ class QueryLocalizer:
 
     def __init__(self, reference: pycolmap.Reconstruction, conf: dict):
         self.rec = reference
-        self.conf = {**default_conf, **(conf or {})}
+        self.conf = merge_conf(default_conf, conf or {}, "localize_sfm conf")
         self.name_to_id = {img.name: i for i, img in reference.images.items()}
         self._p3d_ids: dict[int, np.ndarray] = {}
 
@@ -142,6 +142,23 @@ def to_record(qname: str, out: dict) -> dict:
             "t": list(map(float, pose.translation)), "success": bool(out["success"]), "log": out["log"]}
 
 
+class LocalizeWorker:
+    """The localization step's worker (for any executor): reference model and files opened once."""
+
+    def __init__(self, reference_sfm: Path, features: Path, matches: Path, conf: dict | None):
+        from .io import require_path
+
+        self.localizer = QueryLocalizer(pycolmap.Reconstruction(str(require_path(Path(reference_sfm)))), conf)
+        self.ffeat, self.fmatch = open_h5(require_path(Path(features))), open_h5(require_path(Path(matches)))
+
+    def process(self, items: list) -> list:
+        return [(q, self.localizer.run(q, cam, dbs, self.ffeat, self.fmatch)) for q, cam, dbs in items]
+
+    def close(self):
+        self.ffeat.close()
+        self.fmatch.close()
+
+
 def main(reference_sfm: Path, queries: Path, retrieval: Path, features: Path, matches: Path, results: Path,
          conf: dict | None = None, prepend_camera_name: bool = False, executor=None) -> Path:
     """Localize every query; per-query records go to `<results>.partial.jsonl` as they come
@@ -165,20 +182,16 @@ def main(reference_sfm: Path, queries: Path, retrieval: Path, features: Path, ma
                 fp.write(json.dumps(to_record(qname, out)) + "\n")
             fp.flush()
 
-        if executor is not None and todo:
-            from .distributed import run_localization
+        if todo:
+            from .distributed import LocalExecutor
 
-            run_localization(executor, reference_sfm, todo, write, features, matches, conf)
-        elif todo:
-            localizer = QueryLocalizer(pycolmap.Reconstruction(str(reference_sfm)), conf)
-            with open_h5(features) as ffeat, open_h5(matches) as fmatch:
-                for qname, camera, db_names in tqdm(todo, desc="localize", unit="query"):
-                    write([(qname, localizer.run(qname, camera, db_names, ffeat, fmatch))])
+            (executor or LocalExecutor()).map(LocalizeWorker, (reference_sfm, features, matches, conf), todo,
+                                              "localize", write)
     records = read_progress(progress)
     poses = {query_result_name(q, prepend_camera_name): pycolmap.Rigid3d(
         pycolmap.Rotation3d(np.array(records[q]["quat_xyzw"])), np.array(records[q]["t"])) for q, _ in query_list}
     write_poses(results, poses)
-    logs = {"conf": {**default_conf, **(conf or {})}, "retrieval": str(retrieval),
+    logs = {"conf": merge_conf(default_conf, conf or {}, "localize_sfm conf"), "retrieval": str(retrieval),
             "queries": {q: {"success": records[q]["success"], "retrieved": retrieval_dict[q], **(records[q]["log"] or {})}
                         for q, _ in query_list}}
     write_text_atomic(Path(str(results) + "_logs.json"), json.dumps(logs))
@@ -189,7 +202,7 @@ def main(reference_sfm: Path, queries: Path, retrieval: Path, features: Path, ma
 
 
 def cli():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     for name in ("reference_sfm", "queries", "retrieval", "features", "matches", "results"):
         p.add_argument(f"--{name}", type=Path, required=True)
     p.add_argument("--ransac_thresh", type=float, default=12.0)
@@ -205,4 +218,4 @@ def cli():
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

@@ -4,19 +4,19 @@
 """
 from __future__ import annotations
 
-import argparse
 import pprint
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import logger
-from .io import find_pair, list_h5_names, names_to_pair, open_h5, parse_pairs, write_item
+from .io import (claim_file, find_pair, list_h5_names, names_to_pair, open_h5, parse_pairs, provenance_string,
+                 read_provenance, write_item)
 from .matchers import default_matcher_conf, match_nearest_neighbor
 from .utils.base_model import merge_conf
+from .utils.cli import Parser, run as run_cli
 
 confs = {
     "NN-mutual": {"output": "matches-NN-mutual", "model": {"name": "nearest_neighbor", "do_mutual_check": True}},
@@ -56,6 +56,27 @@ class FeatureReader:
     def close(self):
         for fd in self.files:
             fd.close()
+
+
+class MatchWorker:
+    """The matching step's worker (for any executor): feature files opened once, descriptors
+    cached; the second image of a pair is read from `refs` (the features, then features_ref)."""
+
+    def __init__(self, model_conf: dict, features: Path, refs: list[Path]):
+        from .io import require_path
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.reader = FeatureReader([require_path(Path(features))], device)
+        self.reader_ref = FeatureReader([require_path(Path(p)) for p in refs], device) if len(refs) > 1 else self.reader
+        self.conf = model_conf
+
+    def process(self, pairs: list[tuple[str, str]]) -> list:
+        return [((a, b), match_pair(self.reader, self.reader_ref, a, b, self.conf)) for a, b in pairs]
+
+    def close(self):
+        self.reader.close()
+        if self.reader_ref is not self.reader:
+            self.reader_ref.close()
 
 
 def check_pairs(pairs: list[tuple[str, str]], available: set[str], pairs_path) -> None:
@@ -105,38 +126,34 @@ def main(conf: dict, pairs: Path, features: Path | str, export_dir: Path | None 
     model_conf = merge_conf(default_matcher_conf, model_conf, "matcher conf")
     pair_list = unique_pairs(parse_pairs(pairs))
     refs = [features] + ([Path(features_ref)] if features_ref else [])
+    for f in refs:
+        if not f.is_file():
+            raise FileNotFoundError(f"Feature file {f} does not exist: run extract_features first.")
+    # The matches index the keypoints of these feature files: they are valid only for them.
+    claim_file(matches, provenance_string({"matcher": model_conf, "features": [read_provenance(f) for f in refs]}),
+               overwrite, "matches")
     if matches.exists() and not overwrite:
         with open_h5(matches) as fd:
             pair_list = [(a, b) for a, b in pair_list if find_pair(fd, a, b) is None]
     if not pair_list:
         logger.info("Skipping the matching: every pair is already in %s.", matches)
         return matches
-    reader = FeatureReader([features])
-    reader_ref = FeatureReader(refs) if features_ref else reader
-    try:
-        check_pairs([(a, a) for a, _ in pair_list], reader.names(), pairs)
-        check_pairs([(b, b) for _, b in pair_list], reader_ref.names(), pairs)
-        if executor is not None:
-            from .distributed import run_matching
+    check_pairs([(a, a) for a, _ in pair_list], list_h5_names(features), pairs)
+    check_pairs([(b, b) for _, b in pair_list], set().union(*(list_h5_names(f) for f in refs)), pairs)
+    from .distributed import LocalExecutor
 
-            reader.close()
-            run_matching(executor, model_conf, pair_list, refs, matches)
-        else:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            reader.device = reader_ref.device = device
-            with open_h5(matches, "a") as fd:
-                for name0, name1 in tqdm(pair_list, desc="match", unit="pair"):
-                    write_item(fd, names_to_pair(name0, name1), match_pair(reader, reader_ref, name0, name1, model_conf))
-    finally:
-        reader.close()
-        if reader_ref is not reader:
-            reader_ref.close()
+    with open_h5(matches, "a") as fd:
+        def write(results):
+            for (a, b), data in results:
+                write_item(fd, names_to_pair(a, b), data)
+
+        (executor or LocalExecutor()).map(MatchWorker, (model_conf, features, refs), pair_list, "match", write)
     logger.info("Finished exporting matches to %s.", matches)
     return matches
 
 
 def cli():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("--pairs", type=Path, required=True)
     parser.add_argument("--features", type=Path, required=True)
     parser.add_argument("--matches", type=Path)
@@ -152,4 +169,4 @@ def cli():
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from tqdm import tqdm
 
 from . import logger
 from .io import write_pairs
+from .utils.cli import Parser, run as run_cli
 
 
 def main(model: Path, output: Path, num_matched: int) -> Path:
@@ -40,7 +40,7 @@ def main(model: Path, output: Path, num_matched: int) -> Path:
 
 
 def cli():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--num_matched", type=int, default=20)
@@ -49,4 +49,4 @@ def cli():
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

@@ -5,13 +5,13 @@
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from . import logger
 from .io import list_h5_names, open_h5, write_pairs
+from .utils.cli import Parser, run as run_cli
 
 
 def parse_names(prefix, names, names_all: list[str]) -> list[str]:
@@ -106,7 +106,7 @@ def main(descriptors: Path, output: Path, num_matched: int, query_prefix=None, q
 
 
 def cli():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--descriptors", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--num_matched", type=int, required=True)
@@ -123,4 +123,4 @@ def cli():
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

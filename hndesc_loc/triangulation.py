@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -17,9 +16,12 @@ from . import logger
 from .colmap_utils import check_pycolmap, create_db_from_model, quiet
 from .io import atomic_path, open_h5, parse_pairs, read_matches, write_pairs
 from .match_features import unique_pairs
+from .utils.cli import Parser, run as run_cli
 
 
-def import_features(image_ids: dict[str, int], database_path: Path, features: Path) -> None:
+def import_features(image_ids: dict[str, int], database_path: Path, features: Path) -> dict[str, int]:
+    """Keypoints of the model's images into the COLMAP database; returns their counts."""
+    counts = {}
     with open_h5(features) as fd, pycolmap.Database.open(str(database_path)) as db:
         for name, image_id in tqdm(image_ids.items(), desc="import features", unit="img"):
             if name not in fd:
@@ -28,16 +30,20 @@ def import_features(image_ids: dict[str, int], database_path: Path, features: Pa
             # hloc files put the origin at the centre of the first pixel, COLMAP at its corner.
             kpts = fd[name]["keypoints"][()].astype(np.float32) + 0.5
             db.write_keypoints(image_id, kpts)
+            counts[name] = len(kpts)
+    return counts
 
 
 def import_matches(image_ids: dict[str, int], database_path: Path, pairs: list[tuple[str, str]],
-                   matches: Path, min_match_score: float | None = None) -> list[tuple[str, str]]:
+                   matches: Path, min_match_score: float | None = None,
+                   num_keypoints: dict[str, int] | None = None) -> list[tuple[str, str]]:
     imported = []
     with open_h5(matches) as fd, pycolmap.Database.open(str(database_path)) as db:
         for name0, name1 in tqdm(pairs, desc="import matches", unit="pair"):
             if name0 not in image_ids or name1 not in image_ids:
                 raise KeyError(f"Pair ({name0}, {name1}) names an image that is not in the reference model.")
-            m, scores = read_matches(fd, name0, name1)
+            counts = (num_keypoints[name0], num_keypoints[name1]) if num_keypoints else None
+            m, scores = read_matches(fd, name0, name1, counts)
             if min_match_score is not None:
                 m = m[scores > min_match_score]
             id0, id1 = image_ids[name0], image_ids[name1]
@@ -63,8 +69,9 @@ def model_statistics(rec: pycolmap.Reconstruction) -> dict:
 
 
 def main(sfm_dir: Path, reference_model: Path, image_dir: Path, pairs: Path, features: Path, matches: Path,
-         min_match_score: float | None = None, verbose: bool = False) -> pycolmap.Reconstruction:
-    """Triangulate into `sfm_dir` (written through a temporary folder, renamed when complete)."""
+         min_match_score: float | None = None, verbose: bool = False, num_threads: int = 1) -> pycolmap.Reconstruction:
+    """Triangulate into `sfm_dir` (written through a temporary folder, renamed when complete).
+    `num_threads` 1 (the default) reproduces exactly."""
     check_pycolmap()
     reference_model, sfm_dir = Path(reference_model), Path(sfm_dir)
     if not reference_model.is_dir():
@@ -75,12 +82,14 @@ def main(sfm_dir: Path, reference_model: Path, image_dir: Path, pairs: Path, fea
         tmp.mkdir(parents=True)
         database = tmp / "database.db"
         image_ids = create_db_from_model(reference, database)
-        import_features(image_ids, database, features)
-        imported = import_matches(image_ids, database, pair_list, matches, min_match_score)
+        counts = import_features(image_ids, database, features)
+        imported = import_matches(image_ids, database, pair_list, matches, min_match_score, counts)
         verified_pairs = tmp / "pairs-verification.txt"
         write_pairs(verified_pairs, imported)
         geometric_verification(database, verified_pairs, verbose=verbose)
         opts = pycolmap.IncrementalPipelineOptions()
+        opts.random_seed = 0
+        opts.num_threads = num_threads
         with quiet(verbose):
             rec = pycolmap.triangulate_points(reference, str(database), str(image_dir), str(tmp),
                                               clear_points=True, options=opts)
@@ -96,7 +105,7 @@ def main(sfm_dir: Path, reference_model: Path, image_dir: Path, pairs: Path, fea
 
 
 def cli():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     for name in ("sfm_dir", "reference_model", "image_dir", "pairs", "features", "matches"):
         p.add_argument(f"--{name}", type=Path, required=True)
     p.add_argument("--verbose", action="store_true")
@@ -105,4 +114,4 @@ def cli():
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(cli)

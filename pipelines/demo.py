@@ -6,7 +6,6 @@ of day and night queries, and save a figure of a localized night query.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -16,10 +15,11 @@ from hndesc_loc.io import read_poses, write_text_atomic
 from hndesc_loc.synthetic.scene import generate
 from hndesc_loc.viz import localization_figure
 from pipelines import aachen
+from hndesc_loc.utils.cli import Parser, run as run_cli
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--outputs", type=Path, default=Path("outputs/demo"))
     p.add_argument("--conf", default="hndesc")
     p.add_argument("--num_loc", type=int, default=10)
@@ -54,4 +54,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

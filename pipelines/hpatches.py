@@ -7,12 +7,12 @@
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from hndesc_loc import extract_features, hpatches, logger
 from hndesc_loc.io import list_images
 from hndesc_loc.match_features import confs as matcher_confs
+from hndesc_loc.utils.cli import Parser, run as run_cli
 
 
 def run(dataset: Path, outputs: Path, confs: list[str] = (), features: list[Path] = (), matcher: str = "NN-mutual",
@@ -21,7 +21,7 @@ def run(dataset: Path, outputs: Path, confs: list[str] = (), features: list[Path
     names = hpatches.image_names(dataset)  # validates the layout
     results = {}
     for name in confs:
-        conf = extract_features.parse_overrides(extract_features.confs[name], list(overrides))
+        conf = extract_features.conf_with_overrides(extract_features.confs[name], list(overrides))
         if resize_max is not None:
             conf["preprocessing"]["resize_max"] = resize_max
         path = extract_features.main(conf, dataset, feature_path=outputs / f"{dataset.name}_{conf['output']}.h5",
@@ -38,20 +38,22 @@ def run(dataset: Path, outputs: Path, confs: list[str] = (), features: list[Path
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--outputs", type=Path, default=Path("outputs/hpatches"))
-    p.add_argument("--conf", nargs="*", default=["hndesc"], choices=list(extract_features.confs))
-    p.add_argument("--features", nargs="*", type=Path, default=[])
-    p.add_argument("--matcher", default="NN-mutual", choices=list(matcher_confs))
+    p.add_argument("--conf", nargs="*", default=["hndesc"], choices=extract_features.local_confs(),
+                   help="local feature confs to evaluate")
+    p.add_argument("--features", nargs="*", type=Path, default=[], help="feature files (.h5) to evaluate as they are")
+    p.add_argument("--matcher", default="NN-mutual", choices=list(matcher_confs), help="matcher conf")
     p.add_argument("--resize_max", type=int)
     p.add_argument("--make_synthetic_from", type=Path, help="first write an HPatches-format set from these photos")
     p.add_argument("--viz", type=int, default=0, metavar="N", help="match figures (1-6 pair) of N sequences per conf")
+    p.add_argument("overrides", nargs="*", help="overrides applied to every --conf, e.g. model.weights=PATH")
     a = p.parse_args(argv)
     if a.make_synthetic_from:
         photos = [a.make_synthetic_from / n for n in list_images(a.make_synthetic_from)]
         hpatches.generate(photos, a.dataset)
-    run(a.dataset, a.outputs, a.conf, a.features, a.matcher, a.resize_max)
+    run(a.dataset, a.outputs, a.conf, a.features, a.matcher, a.resize_max, a.overrides)
     if a.viz:
         seqs = hpatches.list_sequences(a.dataset)
         chosen = seqs[:: max(1, len(seqs) // a.viz)][: a.viz]
@@ -63,4 +65,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -6,12 +6,12 @@ from the cutouts' scan coordinates.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from hndesc_loc import extract_features, localize_inloc, logger, match_features, pairs_from_retrieval
 from hndesc_loc.distributed import make_executor
 from hndesc_loc.io import list_images
+from hndesc_loc.utils.cli import Parser, run as run_cli
 
 LAYOUT = ["database/cutouts", "database/alignments", "query/iphone7"]
 
@@ -53,12 +53,13 @@ def run(dataset: Path, outputs: Path, num_loc: int = 40, pairs: Path | None = No
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--outputs", type=Path, required=True)
     p.add_argument("--num_loc", type=int, default=40)
     p.add_argument("--pairs", type=Path, help="use this pair list (e.g. pairs-query-netvlad40-temporal.txt)")
-    p.add_argument("--conf", default="hndesc", choices=list(extract_features.confs))
+    p.add_argument("--conf", default="hndesc", choices=extract_features.local_confs(),
+                   help="local feature conf")
     p.add_argument("--matcher", default="NN-ratio", choices=list(match_features.confs))
     p.add_argument("--ransac_thresh", type=float, default=48.0)
     p.add_argument("--executor", choices=["local", "ray"], default="local")
@@ -69,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -11,7 +11,6 @@ gnd with bbx/easy/hard/junk; queries are cropped to their box). tokyo247: `tokyo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 from pathlib import Path
@@ -25,6 +24,7 @@ from hndesc_loc.io import open_h5, read_image, write_text_atomic
 from hndesc_loc.matchers import default_matcher_conf, match_nearest_neighbor
 from hndesc_loc.pairs_from_retrieval import get_descriptors, search
 from hndesc_loc.retrieval_eval import recall_at_n, revisited_map
+from hndesc_loc.utils.cli import Parser, run as run_cli
 
 
 def load_revisited(data: Path, name: str, outputs: Path) -> dict:
@@ -118,15 +118,16 @@ def run(dataset: str, data: Path, outputs: Path, global_conf: str = "hndesc_glob
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--dataset", required=True, choices=["roxford5k", "rparis6k", "tokyo247"])
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--outputs", type=Path, default=Path("outputs/retrieval"))
-    p.add_argument("--conf", default="hndesc_global", choices=list(extract_features.confs))
+    p.add_argument("--conf", default="hndesc_global", choices=extract_features.global_confs(),
+                   help="global descriptor conf")
     p.add_argument("--rerank", type=int, default=0, help="re-rank the top-k by verified local matches")
     a = p.parse_args(argv)
     run(a.dataset, a.data, a.outputs, a.conf, rerank=a.rerank)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -5,7 +5,6 @@ the same with COLMAP's own SIFT pipeline for comparison (--compare_sift).
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from hndesc_loc import extract_features, match_features, pairs_exhaustive, pairs
 from hndesc_loc.colmap_utils import quiet
 from hndesc_loc.io import list_images, write_text_atomic
 from hndesc_loc.triangulation import model_statistics
+from hndesc_loc.utils.cli import Parser, run as run_cli
 
 
 def colmap_sift(images: Path, outputs: Path) -> dict:
@@ -26,10 +26,18 @@ def colmap_sift(images: Path, outputs: Path) -> dict:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     db = work / "database.db"
+    # One thread and fixed seeds: the baseline reproduces exactly (as our own reconstruction).
+    extraction, matching = pycolmap.FeatureExtractionOptions(), pycolmap.FeatureMatchingOptions()
+    extraction.num_threads = matching.num_threads = 1
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = 0
+    mapping = pycolmap.IncrementalPipelineOptions()
+    mapping.random_seed, mapping.num_threads = 0, 1
     with quiet():
-        pycolmap.extract_features(str(db), str(images), device=pycolmap.Device.cpu)
-        pycolmap.match_exhaustive(str(db), device=pycolmap.Device.cpu)
-        models = pycolmap.incremental_mapping(str(db), str(images), str(work))
+        pycolmap.extract_features(str(db), str(images), extraction_options=extraction, device=pycolmap.Device.cpu)
+        pycolmap.match_exhaustive(str(db), matching_options=matching, verification_options=verification,
+                                  device=pycolmap.Device.cpu)
+        models = pycolmap.incremental_mapping(str(db), str(images), str(work), mapping)
     best = max(models.values(), key=lambda r: r.num_reg_images())
     return model_statistics(best)
 
@@ -60,12 +68,14 @@ def run(images: Path, outputs: Path, conf: str = "hndesc", matcher: str = "NN-mu
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=Path, required=True)
-    p.add_argument("--outputs", type=Path, required=True)
-    p.add_argument("--conf", default="hndesc", choices=list(extract_features.confs))
+    p = Parser(description=__doc__)
+    p.add_argument("--images", type=Path, required=True, help="folder of images to reconstruct")
+    p.add_argument("--outputs", type=Path, required=True, help="folder for features, matches and the model")
+    p.add_argument("--conf", default="hndesc", choices=extract_features.local_confs(),
+                   help="local feature conf (default: %(default)s)")
     # Mutual NN without ratio test: on sacre_coeur it registers 10/10 images (NN-ratio: 9/10).
-    p.add_argument("--matcher", default="NN-mutual", choices=list(match_features.confs))
+    p.add_argument("--matcher", default="NN-mutual", choices=list(match_features.confs),
+                   help="matcher conf (default: %(default)s)")
     p.add_argument("--num_retrieval", type=int, help="retrieval pairs (top-k) instead of exhaustive")
     p.add_argument("--compare_sift", action="store_true", help="also run COLMAP's own SIFT pipeline")
     a = p.parse_args(argv)
@@ -73,4 +83,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

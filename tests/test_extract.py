@@ -153,3 +153,38 @@ def test_disk_missing_weights_message(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="DISK weights"):
         DISK({"weights": str(tmp_path / "none.pth")})
+
+
+def test_exif_orientation_is_ignored_consistently(tmp_path):
+    """A photo stored 40x60 with EXIF 'rotate 90' is read in its stored layout, the one COLMAP
+    gives the camera: keypoints stay inside the stored width and height."""
+    from PIL import Image
+    import skimage.data
+
+    from hndesc_loc import extract_features as ef
+
+    img = Image.fromarray(skimage.data.astronaut()[100:260, 100:340])  # 240 wide, 160 high
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    out = ef.extract_one(ef.build_model(ef.confs["sift"]), tmp_path, "rot.jpg", {}, False)["data"]
+    assert tuple(out["image_size"]) == (240, 160)
+    assert out["keypoints"][:, 0].max() < 240 and out["keypoints"][:, 1].max() < 160
+
+
+def test_names_with_spaces_and_tiny_images_are_refused_clearly(tmp_path):
+    import cv2
+
+    from hndesc_loc import extract_features as ef
+    from hndesc_loc.io import write_pairs
+
+    cv2.imwrite(str(tmp_path / "a b.jpg"), np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(ValueError, match="whitespace.*'a b.jpg'.*rename"):
+        ef.main(ef.confs["sift"], tmp_path, feature_path=tmp_path / "f.h5")
+    with pytest.raises(ValueError, match="whitespace"):
+        write_pairs(tmp_path / "p.txt", [("a b.jpg", "c.jpg")])
+    (tmp_path / "a b.jpg").unlink()
+    cv2.imwrite(str(tmp_path / "tiny.png"), np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(ValueError, match="tiny.png is 1x1 px.*remove it"):
+        ef.main(ef.confs["sift"], tmp_path, feature_path=tmp_path / "f.h5")
+    assert not (tmp_path / "f.h5").exists() or not ef.list_h5_names(tmp_path / "f.h5")

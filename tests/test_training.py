@@ -33,14 +33,14 @@ def test_night_and_transfer_change_appearance():
 
 
 def test_pair_keypoints_correspond():
-    from hndesc_loc.train.data import PairSampler
+    from hndesc_loc.train.data import PairDataset
     from hndesc_loc.train.trainer import default_conf
 
     conf = {**default_conf["data"], "num_keypoints": 32, "night_prob": 0.0, "transfer_prob": 0.0,
             "photometric": {**default_conf["data"]["photometric"], "noise_std": 0.0, "blur_prob": 0.0,
                             "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0, "gamma": [1, 1]}}
-    sampler = PairSampler([("skimage:astronaut", None)], conf)
-    s = sampler.sample(np.random.default_rng(1), 0)
+    dataset = PairDataset([("skimage:astronaut", None)], conf)
+    s = dataset.sample(np.random.default_rng(1), 0)
     i0, i1 = s["image0"].numpy(), s["image1"].numpy()
     errs = []
     for (x0, y0), (x1, y1), v in zip(s["keypoints0"].numpy(), s["keypoints1"].numpy(), s["valid"].numpy()):
@@ -103,3 +103,153 @@ def test_trainer_runs_resumes_and_rejects_bad_keys(tmp_path):
         Trainer({**conf, "learning_rate": 1})
     with pytest.raises(FileNotFoundError, match="Training folder"):
         Trainer({**conf, "data": {"folders": [str(tmp_path / "none")]}})
+
+
+def _tiny_conf(tmp_path, **kw):
+    conf = {"output_dir": str(tmp_path), "iterations": 6, "batch_size": 2, "val_every": 3, "checkpoint_every": 3,
+            "data": {"builtin": ["astronaut", "coffee", "chelsea"], "num_keypoints": 32, "num_val_pairs": 8,
+                     "max_image_size": 320, "crop_size": 128},
+            "coarse_to_fine": {"k": 2, "rebuild_every": 3}, "device": "cpu"}
+    conf.update(kw)
+    return conf
+
+
+def test_killed_and_resumed_run_is_bit_identical(tmp_path):
+    """6 steps in one go == 3 steps, a new process-like Trainer resuming latest.pt, 3 more
+    (batches are keyed by step; the kNN graph and RNG states travel in the checkpoint)."""
+    import torch
+    from hndesc_loc.train.trainer import Trainer
+
+    a = Trainer(_tiny_conf(tmp_path / "a"))
+    a.train()
+    b = Trainer(_tiny_conf(tmp_path / "b", iterations=3))
+    b.train()
+    b2 = Trainer(_tiny_conf(tmp_path / "b", num_workers=1))  # a worker process now: same batches
+    b2.resume(tmp_path / "b" / "latest.pt")
+    b2.train()
+    sa, sb = a.net.state_dict(), b2.net.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    la = [l.split(",")[:3] for l in (tmp_path / "a" / "log.csv").read_text().splitlines()]
+    lb = [l.split(",")[:3] for l in (tmp_path / "b" / "log.csv").read_text().splitlines()]
+    assert la == lb
+
+
+def test_streaming_dataset_holds_a_bounded_number_of_images(tmp_path):
+    """Memory is flat in the number of images: 40 files streamed through a cache of 4."""
+    import cv2
+    from hndesc_loc.train.data import PairDataset, collect_images
+    from hndesc_loc.train.trainer import default_conf
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.jpg"), (rng.random((200, 240, 3)) * 255).astype(np.uint8))
+    d = PairDataset(collect_images([str(tmp_path)]), {**default_conf["data"], "crop_size": 96, "num_keypoints": 16},
+                    cache_size=4)
+    for i in range(40):
+        d[(i, 0, i)]
+        assert len(d._cache) <= 4
+    assert d.loads >= 40  # every image read from disk when needed, none kept beyond the cache
+
+
+def test_validation_uses_held_out_families_not_the_training_renderer(tmp_path):
+    from hndesc_loc.train.trainer import Trainer
+
+    conf = _tiny_conf(tmp_path)
+    conf["data"]["num_val_pairs"] = 32
+    t = Trainer(conf)
+    seen = {a for b in t.val_batches for a in b["appearance"]}
+    assert seen == {"sensor_night", "tone_curve", "colour_temperature", "cast_shadow"}
+    import hndesc_loc.train.synthesis as synthesis
+    assert not any("heldout" in name for name in vars(synthesis))
+
+
+def test_device_and_amp_path_on_cpu(tmp_path):
+    """device=cpu with amp and accumulation goes through the same loop (amp is a no-op on the CPU)."""
+    from hndesc_loc.train.trainer import Trainer, resolve_device
+    import torch
+
+    t = Trainer(_tiny_conf(tmp_path, iterations=2, accumulate=2, amp=True, val_every=2))
+    t.train()
+    assert t.step == 2 and next(t.net.parameters()).device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_torchrun_two_processes_share_the_global_batch(tmp_path):
+    """torchrun with 2 CPU processes (gloo) runs through the same loop; the global batch of 4
+    is split 2 + 2 in rank order, together exactly the pairs one process would take."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    conf = _tiny_conf(tmp_path / "ddp", iterations=2, batch_size=4, val_every=100, checkpoint_every=1)
+    conf["coarse_to_fine"] = {"enabled": False}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                        "-m", "hndesc_loc.train", "--config", str(tmp_path / "c.yaml")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "process 0 of 2, global batch 4 (2 pairs here)" in r.stderr
+    import torch
+
+    ckpt = torch.load(tmp_path / "ddp" / "latest.pt", weights_only=False)
+    assert ckpt["step"] == 2
+    from hndesc_loc.train.trainer import Trainer
+
+    single = Trainer({**conf, "output_dir": str(tmp_path / "one")})
+    from hndesc_loc.train.data import StepBatches
+    keys = next(iter(StepBatches(0, 1, single.indices_of)))
+    assert len(keys) == 4
+    halves = [next(iter(StepBatches(0, 1, single.indices_of, r, 2))) for r in (0, 1)]
+    assert halves[0] + halves[1] == keys  # the two processes together see exactly the global batch
+
+
+def test_gathered_loss_gives_the_global_batch_gradient():
+    """What each torchrun process computes: the loss over the gathered batch where only its
+    own descriptors carry gradient, times the world size. Averaged over processes (DDP) this
+    is the gradient of the loss of the whole batch on one process."""
+    import torch
+    from hndesc_loc.train.losses import descriptor_loss
+    from hndesc_loc.train.trainer import default_conf
+
+    torch.manual_seed(0)
+    B, D, K, W = 4, 16, 12, 2
+    d0 = torch.nn.functional.normalize(torch.randn(B, D, K), dim=1).requires_grad_()
+    d1 = torch.nn.functional.normalize(torch.randn(B, D, K), dim=1).requires_grad_()
+    kp = torch.rand(B, K, 2) * 100
+    valid, ids = torch.ones(B, K, dtype=torch.bool), torch.arange(B)
+    conf = default_conf["loss"]
+    full = torch.autograd.grad(descriptor_loss(d0, d1, kp, kp, valid, ids, conf)["loss"], [d0, d1])
+    avg = [torch.zeros_like(d0), torch.zeros_like(d1)]
+    share = B // W
+    for rank in range(W):  # what `ddp.gather` hands each process: own slice live, the rest constant
+        mine = slice(rank * share, (rank + 1) * share)
+        g0 = torch.cat([d0[i:i + 1] if mine.start <= i < mine.stop else d0[i:i + 1].detach() for i in range(B)])
+        g1 = torch.cat([d1[i:i + 1] if mine.start <= i < mine.stop else d1[i:i + 1].detach() for i in range(B)])
+        loss = descriptor_loss(g0, g1, kp, kp, valid, ids, conf)["loss"] * W
+        for a, g in zip(avg, torch.autograd.grad(loss, [d0, d1])):
+            a += g / W
+    assert all(torch.allclose(a, f, atol=1e-6) for a, f in zip(avg, full))
+
+
+def test_caps_checkpoint_exports_to_the_release_format(tmp_path):
+    """A caps training checkpoint -> {'state_dict': ...} with the official names -> loads back
+    (as a release checkpoint would) with the same descriptors."""
+    import torch
+    from hndesc_loc.models.network import load_checkpoint
+    from hndesc_loc.train.export import export_release
+    from hndesc_loc.train.trainer import Trainer, export_weights
+
+    t = Trainer(_tiny_conf(tmp_path, backbone="caps", iterations=1, val_every=100))
+    t.save("latest.pt")
+    out = export_release(tmp_path / "latest.pt", tmp_path / "release.pth")
+    assert len(out["state_dict"]) == 300 and "conv_fine.conv.weight" in out["state_dict"]
+    a = load_checkpoint(tmp_path / "release.pth", "caps")
+    export_weights(tmp_path / "latest.pt", tmp_path / "small.pt", half=True)
+    b = load_checkpoint(tmp_path / "small.pt")
+    x, kp = torch.rand(1, 3, 96, 128), torch.rand(1, 20, 2) * 90
+    with torch.no_grad():
+        da, db, dt = (n.describe(n(x), kp) for n in (a, b, t.net.eval()))
+    assert torch.allclose(da, dt, atol=1e-5) and (db * dt).sum(1).min() > 0.999  # fp16 export: rounding only

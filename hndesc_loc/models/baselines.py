@@ -4,7 +4,6 @@ import cv2
 import numpy as np
 import torch
 
-from ..detectors.disk import DISK
 from ..detectors.sift import SIFT
 from ..utils.base_model import BaseModel
 
@@ -33,4 +32,3 @@ class SIFTDescriptor(BaseModel):
         return {"keypoints": torch.stack(kpts_b), "scores": torch.stack(scores_b), "descriptors": torch.stack(descs)}
 
 
-MODELS = {"sift": SIFTDescriptor, "disk": DISK}

@@ -14,12 +14,20 @@ class HNDesc(BaseModel):
         "backbone": "lite",                 # 'lite' (shipped weights) or 'caps' (paper's ResUNet)
         "weights": "default",               # 'default': shipped weights of the backbone, else a path
         "detector": {"name": "sift"},       # detector name + its own conf (see hndesc_loc.detectors)
+        "descriptor": "fine",               # caps only: 'fine' (HNDesc) or 'coarse_fine' (CAPS release, 256-d)
     }
     required_inputs = ["image"]
     detection_noise = 1.0
 
     def _init(self, conf):
+        if conf["weights"] is None:
+            raise ValueError(f"model.weights is required for backbone '{conf['backbone']}' in this conf: pass the "
+                             "release checkpoint, e.g. model.weights=/path/to/hndesc_caps_MP_st.pth.")
         self.net = load_network(conf["weights"], conf["backbone"])
+        if conf["descriptor"] != "fine":
+            if conf["backbone"] != "caps":
+                raise ValueError(f"model.descriptor='{conf['descriptor']}' needs the caps backbone.")
+            self.net.backbone.descriptor = conf["descriptor"]
         det = dict(conf["detector"])
         self.detector = get_detector(det.pop("name"))(det)
 
@@ -78,13 +86,7 @@ class HNDescGlobal(BaseModel):
         return {"global_descriptor": self.net.global_descriptor(self.net(data["image"]))}
 
 
-MODELS = {"hndesc": HNDesc, "hndesc_joint": HNDescJoint, "hndesc_global": HNDescGlobal}
-
-
 def get_model(name: str) -> type[BaseModel]:
-    from .baselines import MODELS as BASELINES
+    from ..registry import get
 
-    models = {**MODELS, **BASELINES}
-    if name not in models:
-        raise KeyError(f"Unknown model '{name}' in conf['model']['name']; available: {sorted(models)}.")
-    return models[name]
+    return get("model", name)

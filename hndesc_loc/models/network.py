@@ -6,16 +6,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .caps import CapsBackbone
+from .. import registry
 from .detection import DetectionHead
 from .global_head import GlobalHead
-from .lite import LiteBackbone
 
-BACKBONES = {"lite": LiteBackbone, "caps": CapsBackbone}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-SHIPPED_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite.pt", "caps": WEIGHTS_DIR / "hndesc_caps.pt"}
+SHIPPED_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite.pt", "lite_wide": WEIGHTS_DIR / "hndesc_lite_wide.pt",
+                   "caps": WEIGHTS_DIR / "hndesc_caps.pt"}
 # Same descriptor weights plus a trained detection head (`hndesc_joint`).
-SHIPPED_JOINT_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite_joint.pt", "caps": WEIGHTS_DIR / "hndesc_caps_joint.pt"}
+SHIPPED_JOINT_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite_joint.pt",
+                         "lite_wide": WEIGHTS_DIR / "hndesc_lite_wide_joint.pt",
+                         "caps": WEIGHTS_DIR / "hndesc_caps_joint.pt"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -28,10 +29,8 @@ class HNDescNet(nn.Module):
 
     def __init__(self, backbone: str = "lite"):
         super().__init__()
-        if backbone not in BACKBONES:
-            raise KeyError(f"Unknown backbone '{backbone}'; choose one of {sorted(BACKBONES)}.")
+        self.backbone = registry.get("backbone", backbone)()
         self.backbone_name = backbone
-        self.backbone = BACKBONES[backbone]()
         self.global_head = GlobalHead(self.backbone.coarse_dim)
         self.detection_head = DetectionHead(self.backbone.detection_inputs)
         self.has_trained_detector = False

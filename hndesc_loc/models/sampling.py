@@ -19,8 +19,9 @@ def keypoints_to_grid(keypoints: torch.Tensor, map_size: tuple[int, int], stride
 
 def sample_features(fmap: torch.Tensor, keypoints: torch.Tensor, stride: int) -> torch.Tensor:
     """Bilinearly sample fmap [B,C,h,w] at keypoints [B,N,2] -> [B,C,N] (not normalised)."""
-    grid = keypoints_to_grid(keypoints.to(fmap.dtype), fmap.shape[-2:], stride)
-    out = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    # float32 even under autocast: bf16 coordinates are off by pixels beyond 256.
+    grid = keypoints_to_grid(keypoints.float(), fmap.shape[-2:], stride)
+    out = F.grid_sample(fmap.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
     return out[:, :, 0]
 
 

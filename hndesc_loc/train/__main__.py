@@ -2,7 +2,6 @@
 
 The config's `stage` picks what is trained: 'descriptor' (the network, AP loss) or
 'detector' (the detection head on a frozen trained network, configs/train/lite_joint.yaml)."""
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import yaml
 
 from .. import logger
 from ..extract_features import parse_overrides
+from ..utils.cli import Parser, run as run_cli
 
 
 def show_samples(trainer, path: Path, n: int = 8):
@@ -20,7 +20,7 @@ def show_samples(trainer, path: Path, n: int = 8):
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(0)
-    batch = trainer.sampler.batch(rng, [int(rng.integers(len(trainer.sampler))) for _ in range(n)])
+    batch = trainer.dataset.batch(rng, [int(rng.integers(len(trainer.dataset))) for _ in range(n)])
     fig, axes = plt.subplots(n // 2, 4, figsize=(12, 3 * n // 2))
     for i in range(n):
         for j, key in enumerate(("image0", "image1")):
@@ -38,7 +38,7 @@ def show_samples(trainer, path: Path, n: int = 8):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = Parser(description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/latest.pt")
     parser.add_argument("--show-samples", action="store_true", help="write output_dir/samples.png and exit")
@@ -65,4 +65,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -65,18 +65,37 @@ def load_source(source: str, max_size: int) -> np.ndarray:
     return img
 
 
-class PairSampler:
-    """Makes training samples: pair + keypoints in both views + validity mask."""
+class PairDataset(torch.utils.data.Dataset):
+    """Training samples (pair + keypoints in both views + validity mask), streamed: images
+    are read from disk when a sample needs them and kept in a small per-process cache, so
+    memory stays flat in the number of images (DataLoader workers each hold their own).
 
-    def __init__(self, sources: list[tuple[str, str | None]], conf: dict):
-        self.conf = conf
-        self.sources = sources
-        self.images = [load_source(s, conf["max_image_size"]) for s, _ in sources]
-        self.stylized = [load_source(t, conf["max_image_size"]) if t else None for _, t in sources]
-        self.sift = cv2.SIFT_create(contrastThreshold=conf["sift_contrast_threshold"])
+    Items are addressed by `(step, slot, index)`: the sample's randomness comes from
+    `default_rng([seed, step, slot])`, so a batch depends on nothing but its step, whatever
+    the number of workers or a resume in between."""
+
+    def __init__(self, sources: list[tuple[str, str | None]], conf: dict, seed: int = 0, cache_size: int = 64):
+        self.conf, self.sources, self.seed, self.cache_size = conf, sources, seed, cache_size
+        self._cache: dict[str, np.ndarray] = {}
+        self._sift = None
+        self.loads = 0  # images decoded so far by this process (memory test)
 
     def __len__(self):
-        return len(self.images)
+        return len(self.sources)
+
+    def load(self, source: str) -> np.ndarray:
+        if source not in self._cache:
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))  # oldest first
+            self._cache[source] = load_source(source, self.conf["max_image_size"])
+            self.loads += 1
+        return self._cache[source]
+
+    @property
+    def sift(self):
+        if self._sift is None:  # created in the worker: cv2 objects do not pickle
+            self._sift = cv2.SIFT_create(contrastThreshold=self.conf["sift_contrast_threshold"])
+        return self._sift
 
     def keypoints(self, rng: np.random.Generator, image0: np.ndarray) -> np.ndarray:
         """Detector keypoints on view A, topped up with random points, exactly K of them."""
@@ -92,15 +111,21 @@ class PairSampler:
             pts = np.concatenate([pts, rng.uniform(border, size - 1 - border, (k - len(pts), 2))])
         return pts
 
-    def sample(self, rng: np.random.Generator, index: int) -> dict:
+    def sample(self, rng: np.random.Generator, index: int, appearance_fn=None) -> dict:
+        """One sample of image `index`. `appearance_fn(rng, image1) -> (image1, name)` replaces the
+        training appearance changes (validation uses held-out photometric families)."""
         c = self.conf
-        style = self.images[rng.integers(len(self.images))] if c["transfer_prob"] > 0 else None
-        pair = make_pair(rng, self.images[index], c["crop_size"], c["homography"], c["photometric"],
-                         stylized=self.stylized[index], style_source=style,
-                         night_prob=c["night_prob"], transfer_prob=c["transfer_prob"])
+        source, styl = self.sources[index]
+        style = self.load(self.sources[rng.integers(len(self.sources))][0]) if c["transfer_prob"] > 0 else None
+        use_styl = styl is not None and rng.random() < c["stylized_prob"]
+        pair = make_pair(rng, self.load(source), c["crop_size"], c["homography"], c["photometric"],
+                         stylized=self.load(styl) if use_styl else None, style_source=style,
+                         night_prob=c["night_prob"], transfer_prob=c["transfer_prob"],
+                         appearance_fn=appearance_fn)
         kp0 = self.keypoints(rng, pair["image0"])
         kp1 = warp_points(pair["H"], kp0)
-        valid = np.all((kp1 >= 0) & (kp1 <= c["crop_size"] - 1), 1)
+        valid = np.all(np.isfinite(kp1) & (kp1 >= 0) & (kp1 <= c["crop_size"] - 1), 1)
+        kp1 = np.where(valid[:, None], kp1, 0.0)  # invalid points stay finite: NaN would leak through masks
         return {
             "image0": torch.from_numpy(pair["image0"]).permute(2, 0, 1),
             "image1": torch.from_numpy(pair["image1"]).permute(2, 0, 1),
@@ -112,12 +137,38 @@ class PairSampler:
             "appearance": pair["appearance"],
         }
 
-    def batch(self, rng: np.random.Generator, indices: list[int]) -> dict:
-        samples = [self.sample(rng, i) for i in indices]
-        out = {k: torch.stack([s[k] for s in samples]) for k in ("image0", "image1", "keypoints0", "keypoints1", "valid", "H")}
-        out["index"] = torch.tensor([s["index"] for s in samples])
-        out["appearance"] = [s["appearance"] for s in samples]
-        return out
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        step, slot, index = key
+        return self.sample(np.random.default_rng([self.seed, step, slot]), index)
+
+    def batch(self, rng: np.random.Generator, indices: list[int], appearance_fn=None) -> dict:
+        return collate([self.sample(rng, i, appearance_fn) for i in indices])
+
+
+def collate(samples: list[dict]) -> dict:
+    out = {k: torch.stack([s[k] for s in samples]) for k in ("image0", "image1", "keypoints0", "keypoints1", "valid", "H")}
+    out["index"] = torch.tensor([s["index"] for s in samples])
+    out["appearance"] = [s["appearance"] for s in samples]
+    return out
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch keys for steps [start, stop): `[(step, slot, index), ...]` with the image indices
+    of each step from `indices_of(step)`; process `rank` of `world` takes its contiguous share
+    of the slots (torchrun: the global batch split in rank order)."""
+
+    def __init__(self, start: int, stop: int, indices_of, rank: int = 0, world: int = 1):
+        self.start, self.stop, self.indices_of = start, stop, indices_of
+        self.rank, self.world = rank, world
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            keys = [(step, slot, i) for slot, i in enumerate(self.indices_of(step))]
+            share = len(keys) // self.world
+            yield keys[self.rank * share:(self.rank + 1) * share]
 
 
 def knn_batches(rng: np.random.Generator, neighbours: np.ndarray, batch_size: int) -> list[int]:

@@ -108,7 +108,7 @@ class DetectorTrainer(Trainer):
                 "reliability": reliability.detach(), "ap": sum(aps) / 2}
 
     @torch.no_grad()
-    def validate(self) -> float:
+    def validate(self) -> dict:
         """Correct (3 px) mutual-NN matches per fixed validation pair, `val_keypoints` per crop."""
         from ..hpatches import pair_metrics
 
@@ -123,10 +123,11 @@ class DetectorTrainer(Trainer):
             kpts, _ = detect_keypoints(maps["repeatability"] * maps["reliability"], c["nms_radius"], 0.0,
                                        c["val_keypoints"], 4, 0.1)
             f = [{"keypoints": k.numpy(), "image_size": np.array(size[::-1]),
-                  "descriptors": self.net.describe({n: v[j:j + 1] for n, v in feats.items()}, k[None])[0].numpy()}
+                  "descriptors": self.net.describe({n: v[j:j + 1] if torch.is_tensor(v) else v
+                                                    for n, v in feats.items()}, k[None])[0].numpy()}
                  for j, k in enumerate(kpts)]
             for i in range(B):
                 m = pair_metrics(f[i], f[B + i], b["H"][i].double().numpy(), tuple(size[::-1]))
                 correct.append(m["correct3"])
         self.set_train_mode()
-        return float(np.mean(correct))
+        return {self.val_name: float(np.mean(correct))}

@@ -15,7 +15,8 @@ def quantized_ap(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
     Returns AP [N]. Bins go from +1 down to -1: triangular soft assignment to nq centres."""
     centres = torch.linspace(1, -1, nq, device=scores.device, dtype=scores.dtype)
     a = (nq - 1) / 2.0
-    q = (1 - a * (scores[:, None, :] - centres[None, :, None]).abs()).clamp(min=0) * mask[:, None, :]
+    q = (1 - a * (scores[:, None, :] - centres[None, :, None]).abs()).clamp(min=0)
+    q = torch.where(mask[:, None, :] > 0, q, q.new_zeros(()))  # where, not *: a masked NaN must not spread
     nbs = q.sum(-1)                                    # [N,nq] items per bin
     rec = (q * labels[:, None, :]).sum(-1)             # [N,nq] positives per bin
     prec = rec.cumsum(-1) / (nbs.cumsum(-1) + 1e-16)
@@ -26,7 +27,9 @@ def quantized_ap(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
 def exact_ap_single_positive(pos: torch.Tensor, negs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Exact AP with one positive: 1 / (1 + #negatives scored above it). pos [N], negs/mask [N,M]."""
     above = ((negs >= pos[:, None]) & mask).sum(-1)
-    return 1.0 / (1.0 + above.float())
+    ap = 1.0 / (1.0 + above.float())
+    # Non-finite descriptors rank nothing: AP 0 (comparisons with NaN are False and would read as 1).
+    return torch.where(torch.isfinite(pos) & (torch.isfinite(negs) | ~mask).all(-1), ap, ap.new_zeros(()))
 
 
 def candidate_lists(d0: torch.Tensor, d1: torch.Tensor, kp1: torch.Tensor, valid: torch.Tensor,

@@ -3,13 +3,13 @@
     python -m hndesc_loc.train.model_card --run runs/lite --output hndesc_loc/weights/hndesc_lite.pt \
         --command "python -m hndesc_loc.train --config configs/train/lite.yaml ..." [--notes notes.md]
 """
-import argparse
 import csv
 from pathlib import Path
 
 import yaml
 
 from .trainer import export_weights
+from ..utils.cli import Parser, run as run_cli
 
 
 VAL_TEXT = {"val_ap": "exact AP, in-pair negatives",
@@ -32,11 +32,11 @@ def loss_line(conf: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--command", required=True)
-    p.add_argument("--checkpoint", default="best_val.pt")
+    p.add_argument("--command", required=True, help="the training command, as the card should quote it")
+    p.add_argument("--checkpoint", default="best_val.pt", help="checkpoint of the run to export")
     p.add_argument("--notes", type=Path, help="markdown appended to the card (measured figures)")
     p.add_argument("--card", type=Path, help="card path (default: MODEL_CARD.md next to --output)")
     a = p.parse_args(argv)
@@ -92,4 +92,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

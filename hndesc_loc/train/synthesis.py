@@ -19,23 +19,33 @@ default_homography_conf = {
 default_photometric_conf = {
     "brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.05,
     "gamma": [0.7, 1.5], "blur_prob": 0.3, "blur_sigma": [0.5, 1.5], "noise_std": 0.02,
+    "vignette": 0.0,          # max darkening at the corners (0: off)
+    "jpeg_prob": 0.0,         # share of views re-encoded as JPEG (quality 30-90)
 }
 
 
-def random_homography(rng: np.random.Generator, size: int, conf: dict) -> np.ndarray:
+def random_homography(rng: np.random.Generator, size: int, conf: dict, max_tries: int = 100) -> np.ndarray:
     """3x3 homography mapping crop pixels to second-view pixels, both of side `size`.
-    Built from the crop's corners so that every bound is in pixels of the crop."""
+    Built from the crop's corners so that every bound is in pixels of the crop. Draws whose
+    corners do not stay in front of the camera (w <= 0.1 at a corner: the plane folds over
+    or goes to infinity inside the crop) are drawn again."""
     s = float(size)
     c = np.array([[0, 0], [s - 1, 0], [s - 1, s - 1], [0, s - 1]], np.float64)
     center = c.mean(0)
-    pts = c - center
-    scale = np.exp(rng.uniform(np.log(conf["scale"][0]), np.log(conf["scale"][1])))
-    ang = np.deg2rad(rng.uniform(-conf["rotation"], conf["rotation"]))
-    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
-    pts = pts @ rot.T * scale
-    pts += rng.uniform(-conf["perspective"], conf["perspective"], (4, 2)) * s
-    pts += center + rng.uniform(-conf["translation"], conf["translation"], 2) * s
-    return cv2.getPerspectiveTransform(c.astype(np.float32), pts.astype(np.float32)).astype(np.float64)
+    for _ in range(max_tries):
+        pts = c - center
+        scale = np.exp(rng.uniform(np.log(conf["scale"][0]), np.log(conf["scale"][1])))
+        ang = np.deg2rad(rng.uniform(-conf["rotation"], conf["rotation"]))
+        rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+        pts = pts @ rot.T * scale
+        pts += rng.uniform(-conf["perspective"], conf["perspective"], (4, 2)) * s
+        pts += center + rng.uniform(-conf["translation"], conf["translation"], 2) * s
+        H = cv2.getPerspectiveTransform(c.astype(np.float32), pts.astype(np.float32)).astype(np.float64)
+        H = H / H[2, 2]
+        w = np.concatenate([c, np.ones((4, 1))], 1) @ H[2]
+        if np.all(w > 0.1):
+            return H
+    raise RuntimeError(f"no valid homography in {max_tries} draws: homography conf {conf} is too extreme")
 
 
 def warp_points(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -59,8 +69,17 @@ def photometric(rng: np.random.Generator, img: np.ndarray, conf: dict) -> np.nda
     img = np.clip(img, 0, 1) ** rng.uniform(*conf["gamma"])
     if rng.random() < conf["blur_prob"]:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(*conf["blur_sigma"]))
-    img = img + rng.normal(0, conf["noise_std"] * rng.random(), img.shape)
-    return np.clip(img, 0, 1).astype(np.float32)
+    img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(conf["noise_std"] * rng.random())
+    if conf["vignette"] > 0:
+        h, w = img.shape[:2]
+        yy, xx = np.ogrid[0:h, 0:w]
+        r2 = ((xx - rng.uniform(0, w)) ** 2 + (yy - rng.uniform(0, h)) ** 2).astype(np.float32) / (h * h + w * w)
+        img = img * (1 - rng.uniform(0, conf["vignette"]) * np.clip(2 * r2, 0, 1))[..., None]
+    img = np.clip(img, 0, 1).astype(np.float32)
+    if rng.random() < conf["jpeg_prob"]:
+        ok, buf = cv2.imencode(".jpg", (img * 255).round().astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 91))])
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
+    return img
 
 
 def color_transfer(img: np.ndarray, style: np.ndarray, strength: float = 1.0) -> np.ndarray:
@@ -72,6 +91,21 @@ def color_transfer(img: np.ndarray, style: np.ndarray, strength: float = 1.0) ->
     out = (src - ms) / ss * sr + mr
     out = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_Lab2RGB)
     return np.clip(strength * out + (1 - strength) * img, 0, 1).astype(np.float32)
+
+
+def histogram_transfer(img: np.ndarray, style: np.ndarray, bins: int = 256) -> np.ndarray:
+    """Per-channel histogram matching of `img` to `style` (CDF to CDF, on `bins` levels): the
+    statistics of another photo."""
+    out = np.empty_like(img)
+    levels = (np.arange(bins) + 0.5) / bins
+    for c in range(3):
+        q = np.clip((img[..., c] * bins).astype(np.int32), 0, bins - 1)
+        cdf_src = np.cumsum(np.bincount(q.ravel(), minlength=bins)) / q.size
+        hist_ref = np.bincount(np.clip((style[..., c] * bins).astype(np.int32), 0, bins - 1).ravel(), minlength=bins)
+        cdf_ref = np.cumsum(hist_ref) / hist_ref.sum()
+        lut = np.interp(cdf_src, cdf_ref, levels).astype(np.float32)
+        out[..., c] = lut[q]
+    return out
 
 
 def render_night(rng: np.random.Generator, img: np.ndarray, strength: float = 1.0) -> np.ndarray:
@@ -101,11 +135,12 @@ def render_night(rng: np.random.Generator, img: np.ndarray, strength: float = 1.
 
 def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dict, pconf: dict,
               stylized: np.ndarray | None = None, style_source: np.ndarray | None = None,
-              night_prob: float = 0.35, transfer_prob: float = 0.25) -> dict:
+              night_prob: float = 0.35, transfer_prob: float = 0.25, appearance_fn=None) -> dict:
     """One training pair from `image` [H,W,3]: a random crop A, a homographic second view B.
 
     Returns {'image0', 'image1' (float32 [size,size,3]), 'H' (A->B, 3x3), 'appearance' (str)}.
     The pixels of B come from `stylized` (same geometry as `image`) when given.
+    `appearance_fn(rng, image1) -> (image1, name)`, when given, is the only appearance change of B.
     """
     h, w = image.shape[:2]
     if min(h, w) < size:
@@ -122,10 +157,17 @@ def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dic
     image1 = cv2.warpPerspective(src1, H @ T, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     appearance = "stylized" if stylized is not None else "colour"
     r = rng.random()
+    if appearance_fn is not None:
+        image1, appearance = appearance_fn(rng, image1)
+        return {"image0": image0.astype(np.float32), "image1": image1.astype(np.float32), "H": H,
+                "appearance": appearance}
     if stylized is None and r < night_prob:
         image1, appearance = render_night(rng, image1), "night"
     elif stylized is None and style_source is not None and r < night_prob + transfer_prob:
-        image1, appearance = color_transfer(image1, style_source, rng.uniform(0.6, 1.0)), "transfer"
+        if rng.random() < 0.5:
+            image1, appearance = color_transfer(image1, style_source, rng.uniform(0.6, 1.0)), "transfer"
+        else:
+            image1, appearance = histogram_transfer(image1, style_source), "histogram"
     mild = {**pconf, **{k: pconf[k] * 0.5 for k in ("brightness", "contrast", "saturation", "hue")}}
     image0 = photometric(rng, image0, mild)
     if appearance != "night":

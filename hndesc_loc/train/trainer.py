@@ -1,5 +1,11 @@
 """The training loop: Adam + step schedule, seeded, tqdm, CSV log, checkpoints
-(`latest.pt`, `best_val.pt`), resume, fixed validation pairs."""
+(`latest.pt`, `best_val.pt`), bit-identical resume, fixed validation pairs.
+
+Device: `device: auto` takes CUDA when present; on CUDA the forward runs under bf16
+autocast (`amp`). Data stream from disk through a DataLoader (`num_workers`); each batch
+is a function of its step alone (see `PairDataset`), and the coarse-to-fine kNN graph is
+rebuilt at fixed steps and saved in the checkpoint, so a resumed run repeats the batches
+of an uninterrupted one."""
 from __future__ import annotations
 
 import csv
@@ -14,13 +20,14 @@ from tqdm import tqdm
 from .. import logger
 from ..models.network import HNDescNet
 from ..utils.base_model import merge_conf
-from .data import PairSampler, collect_images, knn_batches, knn_graph, load_source
+from .data import PairDataset, StepBatches, collate, collect_images, knn_batches, knn_graph, load_source
 from .losses import descriptor_loss, exact_ap_single_positive, candidate_lists, global_contrastive_loss
 from .synthesis import default_homography_conf, default_photometric_conf
 
 default_conf = {
     "stage": "descriptor",         # descriptor | detector (detector_trainer.py: head on a frozen network)
     "backbone": "lite",
+    "init_weights": None,          # descriptor stage: start from these weights ('default': shipped) instead of random
     "seed": 0,
     "output_dir": "runs/lite",
     "data": {
@@ -35,9 +42,19 @@ default_conf = {
         "sift_contrast_threshold": 0.01,
         "homography": default_homography_conf,
         "photometric": default_photometric_conf,
+        "stylized_prob": 0.7,      # share of second views taken from the stylized copy when one exists
+                                   # (the official MegaDepthDataset: random > 0.3)
         "night_prob": 0.35,        # share of second views rendered at night (no stylized copy)
         "transfer_prob": 0.25,     # share with Reinhard colour transfer from another image
         "num_val_pairs": 64,
+        "cache_size": 64,          # decoded images kept per process (memory is flat in the data set size)
+    },
+    "validation": {
+        # Held-out photometric families (hndesc_loc.heldout_photometric) for the validation
+        # pairs; [] uses the training appearance changes (not a generalisation measure).
+        "families": ["sensor_night", "tone_curve", "colour_temperature", "cast_shadow"],
+        "real_pairs": None,        # folder with evd/ and wxbs_val/: real-pair mAA joins the selection score
+        "real_pairs_size": 640,    # longest side for that check
     },
     "loss": {
         "mining": "in_batch",      # in_pair | in_batch | random
@@ -61,6 +78,11 @@ default_conf = {
     "checkpoint_every": 100,
     "time_limit_min": None,        # stop (with checkpoints) after this many minutes
     "threads": 2,
+    "device": "auto",              # auto | cpu | cuda
+    "amp": True,                   # bf16 autocast on CUDA (ignored on the CPU)
+    "accumulate": 1,               # gradient accumulation: effective batch = batch_size * accumulate
+    "num_workers": 0,              # DataLoader worker processes (0: in the main process)
+    "sync_batchnorm": False,       # torchrun on CUDA: BatchNorm statistics over the global batch
 }
 
 
@@ -70,12 +92,19 @@ class Trainer:
 
     default_conf = default_conf
     log_keys = ("loss", "ap", "global")   # scalars of `forward`'s output written to log.csv
-    val_name = "val_ap"                   # higher is better
+    val_name = "val_score"                # higher is better: held-out AP (+ real-pair mAA when configured)
 
     def __init__(self, conf: dict):
         self.conf = conf = merge_conf(self.default_conf, conf, "train config")
         torch.manual_seed(conf["seed"])
         torch.set_num_threads(conf["threads"])
+        from . import ddp
+
+        self.rank, _, self.world = ddp.world()
+        self.device = ddp.init(resolve_device(conf["device"]))
+        if conf["batch_size"] % self.world:
+            raise ValueError(f"batch_size {conf['batch_size']} (the global batch) must be a multiple of the "
+                             f"{self.world} processes of torchrun.")
         self.out = Path(conf["output_dir"])
         self.out.mkdir(parents=True, exist_ok=True)
         d = conf["data"]
@@ -83,12 +112,18 @@ class Trainer:
         val_sources = collect_images(d["val_folders"], None, "test", d["val_builtin"]) if (
             d["val_folders"] or d["val_builtin"]) else self.train_sources
         logger.info("Training on %d images, validating on %d.", len(self.train_sources), len(val_sources))
-        self.sampler = PairSampler(self.train_sources, d)
-        val_sampler = PairSampler(val_sources, d)
-        vrng = np.random.default_rng(12345)  # fixed validation set, independent of the training seed
-        self.val_batches = [val_sampler.batch(vrng, [int(vrng.integers(len(val_sampler))) for _ in range(8)])
-                            for _ in range(max(1, d["num_val_pairs"] // 8))]
-        self.net = self.build_network()
+        self.dataset = PairDataset(self.train_sources, d, conf["seed"], d["cache_size"])
+        self.val_batches = self.make_val_batches(PairDataset(val_sources, d, 12345, d["cache_size"]))
+        self.net = self.build_network().to(self.device)
+        if conf["stage"] == "descriptor":  # the detection head is trained by the detector stage, not here
+            for prm in self.net.detection_head.parameters():
+                prm.requires_grad_(False)
+        self.step_module = ddp.wrap(self.net, self.device, conf["sync_batchnorm"]) if conf["stage"] == "descriptor" else None
+        if self.world > 1:
+            if conf["stage"] != "descriptor":
+                raise ValueError("torchrun (several processes) trains the descriptor stage only.")
+            logger.info("torchrun: process %d of %d, global batch %d (%d pairs here); in-batch negatives from all.",
+                        self.rank, self.world, conf["batch_size"], conf["batch_size"] // self.world)
         o = conf["optim"]
         self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, o["lr_step"], o["lr_gamma"])
@@ -96,20 +131,39 @@ class Trainer:
         self.rng = np.random.default_rng(conf["seed"])
         self.neighbours = None
 
+    def make_val_batches(self, dataset: PairDataset) -> list[dict]:
+        """Fixed validation pairs (independent of the training seed): one appearance change per
+        held-out family in turn, or the training ones when no family is configured."""
+        from ..heldout_photometric import apply_family
+
+        families = self.conf["validation"]["families"]
+        vrng = np.random.default_rng(12345)
+        batches = []
+        for b in range(max(1, self.conf["data"]["num_val_pairs"] // 8)):
+            fn = apply_family(families[b % len(families)]) if families else None
+            batches.append(dataset.batch(vrng, [int(vrng.integers(len(dataset))) for _ in range(8)], fn))
+        return batches
+
     def build_network(self) -> HNDescNet:
+        if self.conf["init_weights"]:
+            from ..models.network import load_network
+
+            return load_network(self.conf["init_weights"], self.conf["backbone"])
         return HNDescNet(self.conf["backbone"])
 
     def trainable_parameters(self):
-        return self.net.parameters()
+        return [prm for prm in self.net.parameters() if prm.requires_grad]
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step, "best_val": self.best_val,
                 "config": self.conf, "backbone": self.conf["backbone"], "rng": self.rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(), "neighbours": self.neighbours}
 
     def save(self, name: str):
+        if self.rank != 0:
+            return
         tmp = self.out / f".{name}.tmp"
         torch.save(self.state(), tmp)
         tmp.replace(self.out / name)
@@ -122,6 +176,7 @@ class Trainer:
         self.step, self.best_val = ckpt["step"], ckpt["best_val"]
         self.rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"])
+        self.neighbours = ckpt.get("neighbours")
         logger.info("Resumed from %s at step %d.", path, self.step)
 
     # ------------------------------------------------------------------ batches
@@ -140,89 +195,166 @@ class Trainer:
             self.net.eval()
             with torch.no_grad():
                 g = []
-                for s, _ in self.train_sources:
-                    img = torch.from_numpy(load_source(s, c["image_size"])).permute(2, 0, 1)[None]
-                    g.append(self.net.global_descriptor(self.net(img))[0].numpy())
+                for s, _ in tqdm(self.train_sources, desc="kNN graph", unit="img", leave=False):
+                    img = torch.from_numpy(load_source(s, c["image_size"])).permute(2, 0, 1)[None].to(self.device)
+                    g.append(self.net.global_descriptor(self.net(img))[0].float().cpu().numpy())
             g = np.stack(g)
             self.set_train_mode()
         self.neighbours = knn_graph(g, c["k"])
 
-    def next_indices(self) -> list[int]:
-        c, bs = self.conf["coarse_to_fine"], self.conf["batch_size"]
-        if c["enabled"]:
-            if self.neighbours is None or self.step % c["rebuild_every"] == 0:
+    def indices_of(self, step: int) -> list[int]:
+        """Image indices of the batch of `step` (coarse-to-fine: an image and its neighbours)."""
+        rng = np.random.default_rng([self.conf["seed"], step, 1 << 20])
+        bs = self.conf["batch_size"]
+        if self.conf["coarse_to_fine"]["enabled"]:
+            return knn_batches(rng, self.neighbours, bs)
+        return [int(i) for i in rng.choice(len(self.dataset), bs, replace=len(self.dataset) < bs)]
+
+    def segments(self):
+        """Loaders over runs of steps between kNN rebuilds (the graph is fixed within a run)."""
+        c = self.conf
+        every = c["coarse_to_fine"]["rebuild_every"] if c["coarse_to_fine"]["enabled"] else c["iterations"]
+        every = every * c["accumulate"]  # micro-steps
+        micro, stop = self.step * c["accumulate"], c["iterations"] * c["accumulate"]
+        while micro < stop:
+            end = min(stop, (micro // every + 1) * every)
+            if c["coarse_to_fine"]["enabled"] and (self.neighbours is None or micro % every == 0):
                 self.rebuild_knn()
-            return knn_batches(self.rng, self.neighbours, bs)
-        return [int(i) for i in self.rng.choice(len(self.sampler), bs, replace=len(self.sampler) < bs)]
+            sampler = StepBatches(micro, end, self.indices_of, self.rank, self.world)
+            yield torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=c["num_workers"],
+                pin_memory=self.device.type == "cuda", persistent_workers=False)
+            micro = end
+
+    def to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def autocast(self):
+        enabled = self.conf["amp"] and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def set_train_mode(self):
         self.net.train()
 
     def forward(self, batch: dict) -> dict:
+        from .ddp import gather
+
         images = torch.cat([batch["image0"], batch["image1"]])
-        feats = self.net(images)
-        B = batch["image0"].shape[0]
         kps = torch.cat([batch["keypoints0"], batch["keypoints1"]])
-        desc = self.net.describe(feats, kps)
-        out = descriptor_loss(desc[:B], desc[B:], batch["keypoints0"], batch["keypoints1"], batch["valid"],
-                              batch["index"], self.conf["loss"])
-        g = self.net.global_head(feats["coarse"])
-        out["global"] = global_contrastive_loss(g[:B], g[B:], batch["index"], self.conf["loss"]["global_temperature"])
-        out["total"] = out["loss"] + self.conf["loss"]["global_weight"] * out["global"]
+        with self.autocast():
+            desc, g = self.step_module(images, kps)
+        B = batch["image0"].shape[0]
+        # The global batch (a no-op on one process): negatives come from every process's pairs.
+        d0, d1, g0, g1 = gather(desc[:B]), gather(desc[B:]), gather(g[:B]), gather(g[B:])
+        kp0, kp1, valid, index = (gather(batch[k]) for k in ("keypoints0", "keypoints1", "valid", "index"))
+        out = descriptor_loss(d0, d1, kp0, kp1, valid, index, self.conf["loss"])
+        out["global"] = global_contrastive_loss(g0, g1, index, self.conf["loss"]["global_temperature"])
+        # Same loss on every process; DDP averages gradients, so scale to the global batch's gradient.
+        out["total"] = (out["loss"] + self.conf["loss"]["global_weight"] * out["global"]) * self.world
+        out["loss"], out["global"] = out["loss"].detach(), out["global"].detach()
         return out
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean exact AP of view-0 anchors against in-pair negatives on the fixed validation pairs."""
+    def validate(self) -> dict:
+        """{'val_ap': mean exact AP of view-0 anchors against in-pair negatives on the fixed
+        validation pairs, 'real_maa': mean of EVD and WxBS mAA when configured, 'val_score'}."""
         self.net.eval()
         aps = []
         for b in self.val_batches:
+            b = self.to_device(b)
             f0, f1 = self.net(b["image0"]), self.net(b["image1"])
             d0, d1 = self.net.describe(f0, b["keypoints0"]), self.net.describe(f1, b["keypoints1"])
-            ids = torch.arange(len(b["index"]))
+            ids = torch.arange(len(b["index"]), device=self.device)
             pos, negs, mask = candidate_lists(d0, d1, b["keypoints1"], b["valid"], ids, "in_pair", 0,
                                               self.conf["loss"]["neg_radius"])
             aps.append(exact_ap_single_positive(pos, negs, mask))
+        out = {"val_ap": float(torch.cat(aps).mean())}
+        v = self.conf["validation"]
+        out["val_score"] = out["val_ap"]
+        if v["real_pairs"]:
+            from .real_pair_validation import real_pair_maa
+
+            r = real_pair_maa(self.net, Path(v["real_pairs"]), v["real_pairs_size"], self.device)
+            out.update(r)
+            out["val_score"] = (out["val_ap"] + r["real_maa"]) / 2
         self.set_train_mode()
-        return float(torch.cat(aps).mean())
+        return out
 
     # --------------------------------------------------------------------- loop
     def train(self):
         c = self.conf
         log_path = self.out / "log.csv"
         new_log = not log_path.exists() or self.step == 0
-        log = open(log_path, "w" if new_log else "a", newline="")
+        import os
+
+        # Processes other than rank 0 (torchrun) neither log nor save.
+        log = open(log_path if self.rank == 0 else os.devnull, "w" if new_log else "a", newline="")
         writer = csv.writer(log)
+        val_keys = ["val_ap", "real_maa", "evd_maa", "wxbs_maa", self.val_name]
         if new_log:
-            writer.writerow(["step", *self.log_keys, "lr", self.val_name, "elapsed_s"])
-        (self.out / "config.json").write_text(json.dumps(c, indent=2))
+            writer.writerow(["step", *self.log_keys, "lr", *val_keys, "elapsed_s"])
+        if self.rank == 0:
+            (self.out / "config.json").write_text(json.dumps(c, indent=2))
         start = time.time()
         self.set_train_mode()
-        bar = tqdm(total=c["iterations"], initial=self.step, desc="train", unit="it")
-        while self.step < c["iterations"]:
-            batch = self.sampler.batch(self.rng, self.next_indices())
-            out = self.forward(batch)
-            self.optimizer.zero_grad()
-            out["total"].backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            val_ap = ""
-            if self.step % c["val_every"] == 0 or self.step == c["iterations"]:
-                val_ap = self.validate()
-                if val_ap > self.best_val:
-                    self.best_val = val_ap
-                    self.save("best_val.pt")
-            elapsed = time.time() - start
-            writer.writerow([self.step, *(f"{float(out[k]):.4f}" for k in self.log_keys),
-                             self.scheduler.get_last_lr()[0], val_ap, f"{elapsed:.1f}"])
-            bar.set_postfix(**{k: f"{float(out[k]):.3f}" for k in self.log_keys[:2]}, val=f"{self.best_val:.3f}")
-            bar.update(1)
-            if self.step % c["checkpoint_every"] == 0:
-                log.flush()
-                self.save("latest.pt")
-            if c["time_limit_min"] and elapsed > 60 * c["time_limit_min"]:
-                logger.info("Time limit reached at step %d.", self.step)
+        if self.step == 0 and c["init_weights"] and self.rank == 0:
+            # A fine-tune must beat its starting point to be selected.
+            val = self.validate()
+            self.best_val = val[self.val_name]
+            self.save("best_val.pt")
+            writer.writerow([0, *("" for _ in self.log_keys), "", *(f"{val[k]:.4f}" if k in val else "" for k in val_keys), "0"])
+            logger.info("Starting point %s: %s", c["init_weights"], {k: round(v, 4) for k, v in val.items()})
+        bar = tqdm(total=c["iterations"], initial=self.step, desc=f"train ({self.device.type})", unit="it",
+                   disable=self.rank != 0)
+        acc, stop, micro = c["accumulate"], False, self.step * c["accumulate"]
+        self.optimizer.zero_grad()
+        for loader in self.segments():
+            for batch in loader:
+                out = self.forward(self.to_device(batch))
+                if not torch.isfinite(out["total"]):
+                    # One bad batch must not poison the weights: skip it, say so, keep the step count.
+                    logger.warning("Non-finite loss at step %d (appearances %s): batch skipped.",
+                                   self.step, batch["appearance"])
+                    self.optimizer.zero_grad()
+                    micro -= micro % acc  # the accumulation group starts again
+                    continue
+                (out["total"] / acc).backward()
+                micro += 1
+                if micro % acc:
+                    continue
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                self.scheduler.step()
+                self.step += 1
+                val = {}
+                if self.rank == 0 and (self.step % c["val_every"] == 0 or self.step == c["iterations"]):
+                    val = self.validate()
+                    if val[self.val_name] > self.best_val:
+                        self.best_val = val[self.val_name]
+                        self.save("best_val.pt")
+                elapsed = time.time() - start
+                writer.writerow([self.step, *(f"{float(out[k]):.4f}" for k in self.log_keys),
+                                 self.scheduler.get_last_lr()[0],
+                                 *(f"{val[k]:.4f}" if k in val else "" for k in val_keys), f"{elapsed:.1f}"])
+                bar.set_postfix(**{k: f"{float(out[k]):.3f}" for k in self.log_keys[:2]}, val=f"{self.best_val:.3f}")
+                bar.update(1)
+                if self.step % c["checkpoint_every"] == 0:
+                    log.flush()
+                    self.save("latest.pt")
+                from .ddp import any_process
+
+                if c["time_limit_min"] and any_process(elapsed > 60 * c["time_limit_min"], self.device):
+                    logger.info("Time limit reached at step %d.", self.step)
+                    if not val and self.rank == 0:  # the last weights are validated too
+                        val = self.validate()
+                        if val[self.val_name] > self.best_val:
+                            self.best_val = val[self.val_name]
+                            self.save("best_val.pt")
+                        writer.writerow([self.step, *("" for _ in self.log_keys), "",
+                                         *(f"{val[k]:.4f}" if k in val else "" for k in val_keys), f"{elapsed:.1f}"])
+                    stop = True
+                    break
+            if stop:
                 break
         bar.close()
         self.save("latest.pt")
@@ -231,10 +363,22 @@ class Trainer:
         return self.best_val
 
 
-def export_weights(checkpoint: Path, output: Path) -> dict:
-    """Strip a training checkpoint to what extraction needs (model, backbone, config, step, val AP)."""
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA device: use device=auto or device=cpu.")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def export_weights(checkpoint: Path, output: Path, half: bool = False) -> dict:
+    """Strip a training checkpoint to what extraction needs (model, backbone, config, step, val
+    score); `half` stores the weights in fp16 (loading casts them back to float32)."""
     ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
-    small = {"model": ckpt["model"], "backbone": ckpt["backbone"], "config": ckpt["config"],
+    model = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()} if half else ckpt["model"]
+    small = {"model": model, "backbone": ckpt["backbone"], "config": ckpt["config"],
              "step": ckpt["step"], "val_ap": ckpt["best_val"]}
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")

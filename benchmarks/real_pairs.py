@@ -1,0 +1,107 @@
+"""Validation on real image pairs that training never sees (../shared/data/real_pairs):
+EVD homography mAA (1..20 px) and WxBS-validation mAA@10px (fundamental matrix), for
+`hndesc`, `hndesc_joint`, SIFT and DISK in the same run, mutual nearest neighbours.
+
+    python benchmarks/real_pairs.py [--outputs outputs/bench_real_pairs] [--weights W.pt ...]
+                                    [--joint_weights J.pt ...] [--only_weights] [--methods hndesc sift ...]
+
+Prints a table, writes `real_pairs.json` (per pair and summary) and `real_pairs.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from hndesc_loc import extract_features, real_pairs  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "real_pairs"
+
+
+def method_confs(names: list[str], weights: list[Path], joint_weights: list[Path]) -> dict:
+    c, po = extract_features.confs, extract_features.parse_overrides
+    confs = {n: c[n] for n in names}
+    for w in weights:
+        confs[f"hndesc ({Path(w).parent.name}/{Path(w).stem})"] = po(c["hndesc"], [f"model.weights={w}"])
+    for w in joint_weights:
+        confs[f"hndesc_joint ({Path(w).parent.name}/{Path(w).stem})"] = po(c["hndesc_joint"], [f"model.weights={w}"])
+    return confs
+
+
+def evaluate_method(conf: dict, evd: list[dict], wxbs: list[dict]) -> dict:
+    model = extract_features.build_model(conf)
+    pre = conf.get("preprocessing", {})
+    t0 = time.perf_counter()
+    out = real_pairs.evaluate(
+        lambda path: extract_features.extract_one(model, path.parent, path.name, pre, as_half=False)["data"], evd, wxbs)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def plot(results: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names)), 4))
+    ax.bar(x - 0.2, [results[n]["evd_maa"] for n in names], 0.4, label="EVD homography mAA (1-20 px)")
+    ax.bar(x + 0.2, [results[n]["wxbs_maa"] for n in names], 0.4, label="WxBS-val mAA@10px")
+    ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Real pairs (held out from training), mutual NN")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with evd/ and wxbs_val/ (default: %(default)s)")
+    parser.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_real_pairs",
+                        help="where real_pairs.json and real_pairs.png go (default: %(default)s)")
+    parser.add_argument("--methods", nargs="*", default=["hndesc", "hndesc_joint", "sift", "disk"],
+                        help="extract_features confs to evaluate (default: %(default)s)")
+    parser.add_argument("--weights", nargs="*", type=Path, default=[], help="extra hndesc weights to evaluate")
+    parser.add_argument("--joint_weights", nargs="*", type=Path, default=[],
+                        help="extra hndesc_joint weights (with a detection head) to evaluate")
+    parser.add_argument("--only_weights", action="store_true", help="evaluate only --weights/--joint_weights")
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        raise SystemExit(f"{args.data} is absent: this benchmark needs ../shared/data/real_pairs.")
+    evd, wxbs = real_pairs.list_evd(args.data / "evd"), real_pairs.list_wxbs(args.data / "wxbs_val")
+    names = [] if args.only_weights else list(args.methods)
+    if "disk" in names:
+        try:
+            from hndesc_loc.detectors.disk import find_disk_weights
+
+            find_disk_weights()
+        except FileNotFoundError as e:
+            print(f"DISK skipped: {e}")
+            names.remove("disk")
+    confs = method_confs(names, args.weights, args.joint_weights)
+    results = {}
+    for name, conf in tqdm(confs.items(), desc="methods", unit="method"):
+        results[name] = evaluate_method(conf, evd, wxbs)
+    args.outputs.mkdir(parents=True, exist_ok=True)
+    (args.outputs / "real_pairs.json").write_text(json.dumps(results, indent=1))
+    plot(results, args.outputs / "real_pairs.png")
+    print(f"\nReal pairs: EVD {len(evd)} pairs, WxBS-val {len(wxbs)} pairs; mutual NN, 1024 px")
+    print(f"{'method':44s} {'EVD mAA':>8s} {'WxBS mAA':>9s} {'matches':>8s} {'s':>6s}")
+    for name, r in results.items():
+        print(f"{name:44s} {r['evd_maa']:8.3f} {r['wxbs_maa']:9.3f} {r['mean_matches']:8.0f} {r['seconds']:6.1f}")
+    print(f"Wrote {args.outputs / 'real_pairs.json'} and {args.outputs / 'real_pairs.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Real image pairs with ground truth: EVD (homographies) and WxBS (annotated correspondences).
+
+Layouts (`../shared/data/real_pairs/`, or the official releases laid out the same way):
+- EVD: `NAME_1.jpg`, `NAME_2.jpg`, `NAME_H_1_2.txt` (3x3, image-1 pixels -> image-2 pixels).
+- WxBS: `PAIR/01.jpg`, `PAIR/02.jpg`, `PAIR/corrs.txt` (one `x1 y1 x2 y2` per line).
+
+Protocols (as the benchmarks define them):
+- EVD: H estimated from the matches with OpenCV's MAGSAC; error = mean reprojection error of
+  the ground truth over the part of image 1 visible in image 2; mAA = mean over thresholds
+  1..20 px of the fraction of pairs under the threshold.
+- WxBS: F estimated with `cv2.findFundamentalMat(src, dst, USAC_MAGSAC, 0.25, 0.999, 100000)`;
+  per pair, the fraction of GT correspondences with symmetric epipolar distance (mean of the
+  point-to-line distances in both images) <= t, for t = 0..10 px; mAA@10px = its mean.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .matchers import default_matcher_conf, match_nearest_neighbor
+
+EVD_THRESHOLDS = np.arange(1, 21)
+WXBS_THRESHOLDS = np.arange(0, 11)
+
+
+def list_evd(root: Path) -> list[dict]:
+    """[{'name', 'image0', 'image1', 'H'}] for an EVD folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"EVD folder {root} does not exist.")
+    pairs = []
+    for hfile in sorted(root.glob("*_H_1_2.txt")):
+        name = hfile.name[: -len("_H_1_2.txt")]
+        im0, im1 = root / f"{name}_1.jpg", root / f"{name}_2.jpg"
+        for p in (im0, im1):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} is missing: EVD pairs need NAME_1.jpg, NAME_2.jpg and NAME_H_1_2.txt.")
+        pairs.append({"name": name, "image0": im0, "image1": im1, "H": np.loadtxt(hfile).reshape(3, 3)})
+    if not pairs:
+        raise ValueError(f"{root} holds no EVD pair (no NAME_H_1_2.txt file).")
+    return pairs
+
+
+def list_wxbs(root: Path) -> list[dict]:
+    """[{'name', 'image0', 'image1', 'corrs' [N,4]}] for a WxBS folder of pair folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"WxBS folder {root} does not exist.")
+    pairs = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = [d / "01.jpg", d / "02.jpg", d / "corrs.txt"]
+        if not all(f.is_file() for f in files):
+            raise FileNotFoundError(f"{d} lacks one of 01.jpg, 02.jpg, corrs.txt (the WxBS layout).")
+        pairs.append({"name": d.name, "image0": files[0], "image1": files[1],
+                      "corrs": np.loadtxt(files[2]).reshape(-1, 4)})
+    if not pairs:
+        raise ValueError(f"{root} holds no WxBS pair folder.")
+    return pairs
+
+
+def homography_error(H_est: np.ndarray | None, H_gt: np.ndarray, size0: tuple[int, int],
+                     size1: tuple[int, int], step: int = 8) -> float:
+    """Mean |H_est(p) - H_gt(p)| over a grid of image-1 pixels p whose GT projection falls in
+    image 2. size0, size1: (w, h). inf when there is no estimate."""
+    if H_est is None:
+        return float("inf")
+    w0, h0 = size0
+    ys, xs = np.mgrid[0:h0:step, 0:w0:step]
+    pts = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)[None]
+    gt = cv2.perspectiveTransform(pts, H_gt)[0]
+    w1, h1 = size1
+    vis = (gt[:, 0] >= 0) & (gt[:, 0] < w1) & (gt[:, 1] >= 0) & (gt[:, 1] < h1)
+    if not vis.any():
+        return float("inf")
+    est = cv2.perspectiveTransform(pts, H_est)[0]
+    return float(np.linalg.norm(est[vis] - gt[vis], axis=1).mean())
+
+
+def estimate_homography(mk0: np.ndarray, mk1: np.ndarray) -> np.ndarray | None:
+    if len(mk0) < 4:
+        return None
+    H, _ = cv2.findHomography(mk0.astype(np.float64), mk1.astype(np.float64), cv2.USAC_MAGSAC, 3.0,
+                              maxIters=100000, confidence=0.999)
+    return H
+
+
+def estimate_fundamental(mk0: np.ndarray, mk1: np.ndarray) -> np.ndarray | None:
+    if len(mk0) < 8:
+        return None
+    F, _ = cv2.findFundamentalMat(mk0.astype(np.float64), mk1.astype(np.float64), cv2.USAC_MAGSAC, 0.25, 0.999, 100000)
+    if F is None or F.shape != (3, 3):
+        return None
+    return F
+
+
+def symmetric_epipolar_distance(F: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """Mean of the distances of x1 to the line F x0 and of x0 to F^T x1. x0, x1 [N,2] -> [N]."""
+    h0 = np.concatenate([x0, np.ones((len(x0), 1))], 1)
+    h1 = np.concatenate([x1, np.ones((len(x1), 1))], 1)
+    l1 = h0 @ F.T   # lines in image 2
+    l0 = h1 @ F     # lines in image 1
+    num = np.abs((h1 * l1).sum(1))
+    d1 = num / np.linalg.norm(l1[:, :2], axis=1).clip(min=1e-12)
+    d0 = num / np.linalg.norm(l0[:, :2], axis=1).clip(min=1e-12)
+    return (d0 + d1) / 2
+
+
+def wxbs_accuracy(F: np.ndarray | None, corrs: np.ndarray) -> np.ndarray:
+    """Per threshold of WXBS_THRESHOLDS: fraction of GT correspondences within it (zeros without F)."""
+    if F is None:
+        return np.zeros(len(WXBS_THRESHOLDS))
+    d = symmetric_epipolar_distance(F, corrs[:, :2], corrs[:, 2:])
+    return np.array([(d <= t).mean() for t in WXBS_THRESHOLDS])
+
+
+def evd_maa(errors: list[float]) -> float:
+    e = np.asarray(errors, np.float64)
+    return float(np.mean([(e <= t).mean() for t in EVD_THRESHOLDS])) if len(e) else 0.0
+
+
+def match_mutual(f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Mutual nearest-neighbour matches -> matched keypoints (mk0 [M,2], mk1 [M,2])."""
+    if not len(f0["keypoints"]) or not len(f1["keypoints"]):
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    d0 = torch.from_numpy(np.asarray(f0["descriptors"], np.float32))[None]
+    d1 = torch.from_numpy(np.asarray(f1["descriptors"], np.float32))[None]
+    m0 = match_nearest_neighbor(d0, d1, default_matcher_conf)["matches0"][0].numpy()
+    v = m0 > -1
+    return f0["keypoints"][v].astype(np.float64), f1["keypoints"][m0[v]].astype(np.float64)
+
+
+def evaluate(features: Callable[[Path], dict], evd: list[dict], wxbs: list[dict], seed: int = 0,
+             progress: bool = True) -> dict:
+    """Both protocols for a feature function `features(image_path) -> {'keypoints' [N,2] in
+    original-image pixels, 'descriptors' [D,N], 'image_size' (w,h)}` (each image computed once)."""
+    cache: dict[Path, dict] = {}
+    out = {"evd": {}, "wxbs": {}}
+    for p in tqdm(evd + wxbs, desc="real pairs", unit="pair", leave=False, disable=not progress):
+        for k in ("image0", "image1"):
+            if p[k] not in cache:
+                cache[p[k]] = features(p[k])
+        f0, f1 = cache[p["image0"]], cache[p["image1"]]
+        cv2.setRNGSeed(seed)  # MAGSAC samples with OpenCV's RNG: a repeatable table
+        mk0, mk1 = match_mutual(f0, f1)
+        if "H" in p:
+            H = estimate_homography(mk0, mk1)
+            err = homography_error(H, p["H"], tuple(f0["image_size"]), tuple(f1["image_size"]))
+            out["evd"][p["name"]] = {"error": err, "matches": len(mk0)}
+        else:
+            acc = wxbs_accuracy(estimate_fundamental(mk0, mk1), p["corrs"])
+            out["wxbs"][p["name"]] = {"accuracy": acc.tolist(), "maa": float(acc.mean()), "matches": len(mk0)}
+    out["evd_maa"] = evd_maa([v["error"] for v in out["evd"].values()])
+    out["wxbs_maa"] = float(np.mean([v["maa"] for v in out["wxbs"].values()])) if out["wxbs"] else 0.0
+    counts = [v["matches"] for d in ("evd", "wxbs") for v in out[d].values()]
+    out["mean_matches"] = float(np.mean(counts)) if counts else 0.0
+    return out

@@ -1,0 +1,38 @@
+"""Real-pair mAA of a network during training (checkpoint selection on data training never
+sees): SIFT keypoints as the `hndesc` conf detects them, the network's descriptors, the
+protocols of `hndesc_loc.real_pairs`."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import real_pairs
+from ..detectors import get_detector
+from ..extract_features import load_image
+
+
+@lru_cache(maxsize=4)
+def _pairs(root: str):
+    return real_pairs.list_evd(Path(root) / "evd"), real_pairs.list_wxbs(Path(root) / "wxbs_val")
+
+
+@torch.no_grad()
+def real_pair_maa(net, root: Path, size: int, device: torch.device) -> dict:
+    """{'evd_maa', 'wxbs_maa', 'real_maa' (their mean)} of `net` at longest side `size`."""
+    evd, wxbs = _pairs(str(root))
+    detector = get_detector("sift")({"max_keypoints": 2048})
+
+    def features(path: Path) -> dict:
+        data = load_image(path, {"resize_max": size})
+        image = data["image"][None]
+        kp = detector({"image": image})["keypoints"]
+        desc = net.describe(net(image.to(device)), kp.to(device))[0].float().cpu().numpy()
+        scale = (data["original_size"] / np.array(image.shape[-2:][::-1])).astype(np.float32)
+        return {"keypoints": (kp[0].numpy() + 0.5) * scale - 0.5, "descriptors": desc,
+                "image_size": data["original_size"]}
+
+    r = real_pairs.evaluate(features, evd, wxbs, progress=False)
+    return {"evd_maa": r["evd_maa"], "wxbs_maa": r["wxbs_maa"], "real_maa": (r["evd_maa"] + r["wxbs_maa"]) / 2}
