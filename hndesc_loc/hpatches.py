@@ -27,7 +27,8 @@ def list_sequences(root: Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"HPatches folder {root} does not exist.")
-    seqs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[:2] in ("i_", "v_"))
+    # i_, v_: HPatches; h_: held-out photometric families of generated sets
+    seqs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[:2] in ("i_", "v_", "h_"))
     if not seqs:
         raise ValueError(f"{root} holds no i_*/v_* sequence folders: not the HPatches layout.")
     for s in seqs:

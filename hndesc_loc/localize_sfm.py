@@ -136,6 +136,15 @@ def read_progress(path: Path) -> dict[str, dict]:
     return out
 
 
+def drop_partial_line(path: Path) -> None:
+    """A run killed mid-write leaves a last line without its newline: cut it, so that the next
+    record starts on a line of its own."""
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            write_text_atomic(path, data[: data.rfind(b"\n") + 1].decode())
+
+
 def to_record(qname: str, out: dict) -> dict:
     pose = out["cam_from_world"]
     return {"query": qname, "quat_xyzw": list(map(float, pose.rotation.quat)),
@@ -176,6 +185,7 @@ def main(reference_sfm: Path, queries: Path, retrieval: Path, features: Path, ma
     todo = [(q, cam, retrieval_dict[q]) for q, cam in query_list if q not in done]
     logger.info("Localizing %d queries (%d done in an earlier run) against %s.", len(todo), len(done), reference_sfm)
     progress.parent.mkdir(parents=True, exist_ok=True)
+    drop_partial_line(progress)
     with open(progress, "a") as fp:
         def write(chunk: list):
             for qname, out in chunk:

@@ -158,3 +158,23 @@ def test_outputs_carry_their_conf(tmp_path, photo_dir):
     assert m.max() < 64
     # Overrides name a new output: no clash with the default conf's file.
     assert ef.conf_with_overrides(ef.confs["sift"], ["model.detector.max_keypoints=64"])["output"] != ef.confs["sift"]["output"]
+
+
+def test_ray_driver_resumes_after_a_real_kill(many_images, tmp_path):
+    """The Ray driver (the only writer) killed with SIGKILL mid-run: the rerun (in-process)
+    opens the file, skips the finished images and ends equal to a clean run."""
+    pytest.importorskip("ray")
+    from hndesc_loc import extract_features as ef
+
+    feats = tmp_path / "feats.h5"
+    code = ("from pathlib import Path\nfrom hndesc_loc import extract_features as ef\n"
+            "from hndesc_loc.distributed import RayExecutor\n"
+            f"ef.main(ef.confs['sift'], Path({str(many_images)!r}), feature_path=Path({str(feats)!r}), "
+            "executor=RayExecutor(num_workers=1, chunk_size=1))")
+    run_and_kill(code, signal.SIGKILL, 3, N_IMAGES, timeout=240)
+    done = ef.list_h5_names(feats)
+    assert 0 < len(done) < N_IMAGES
+    ef.main(ef.confs["sift"], many_images, feature_path=feats)
+    clean = ef.main(ef.confs["sift"], many_images, feature_path=tmp_path / "clean.h5")
+    a, b = h5_content(feats), h5_content(clean)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

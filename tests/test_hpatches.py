@@ -56,3 +56,16 @@ def test_layout_error(tmp_path):
     (tmp_path / "v_x" / "1.ppm").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="lacks"):
         hpatches.list_sequences(tmp_path)
+
+
+def test_held_out_family_sequences_are_evaluated_on_their_own(photo_dir, tmp_path):
+    """`h_` sequences (photometric families training never uses) are listed, evaluated as split
+    'h', and kept out of HPatches' 'avg' (v and i only)."""
+    root = hpatches.generate([photo_dir / "a.jpg"], tmp_path / "hp", seed=0, max_size=256, held_out_families=True)
+    assert hpatches.list_sequences(root) == ["h_a", "i_a", "v_a"]
+    from hndesc_loc import extract_features
+
+    feats = extract_features.main(extract_features.confs["sift"], root, feature_path=tmp_path / "f.h5",
+                                  image_list=hpatches.image_names(root))
+    res = hpatches.evaluate_features(root, feats)
+    assert res["h"]["num_pairs"] == 5 and res["avg"]["num_pairs"] == 10

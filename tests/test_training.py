@@ -143,12 +143,22 @@ def test_streaming_dataset_holds_a_bounded_number_of_images(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(40):
         cv2.imwrite(str(tmp_path / f"{i:02d}.jpg"), (rng.random((200, 240, 3)) * 255).astype(np.uint8))
-    d = PairDataset(collect_images([str(tmp_path)]), {**default_conf["data"], "crop_size": 96, "num_keypoints": 16},
-                    cache_size=4)
-    for i in range(40):
-        d[(i, 0, i)]
-        assert len(d._cache) <= 4
-    assert d.loads >= 40  # every image read from disk when needed, none kept beyond the cache
+    import tracemalloc
+
+    def peak(n: int) -> int:
+        d = PairDataset(collect_images([str(tmp_path)])[:n], conf, cache_size=4)
+        tracemalloc.start()
+        for i in range(n):
+            d[(i, 0, i)]
+            assert len(d._cache) <= 4
+        size = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert d.loads >= n  # every image read from disk when needed, none kept beyond the cache
+        return size
+
+    conf = {**default_conf["data"], "crop_size": 96, "num_keypoints": 16}
+    small, large = peak(10), peak(40)
+    assert large < 1.3 * small, (small, large)  # 4x the images, same peak memory (holding all: ~4x)
 
 
 def test_validation_uses_held_out_families_not_the_training_renderer(tmp_path):
