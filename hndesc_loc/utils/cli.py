@@ -78,6 +78,10 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def parse_args(self, args=None, namespace=None):
+        # Overrides (positional key=value) may come before or after options, as users type them.
+        return self.parse_intermixed_args(args, namespace)
+
     def add_argument(self, *args, **kwargs):
         action = super().add_argument(*args, **kwargs)
         if not action.help:
