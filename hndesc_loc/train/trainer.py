@@ -9,6 +9,7 @@ of an uninterrupted one."""
 from __future__ import annotations
 
 import csv
+import os
 import json
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from .. import logger
 from ..models.network import HNDescNet
 from ..utils.base_model import merge_conf
+from . import ddp
 from .data import PairDataset, StepBatches, collate, collect_images, knn_batches, knn_graph, load_source
 from .losses import descriptor_loss, exact_ap_single_positive, candidate_lists, global_contrastive_loss
 from .synthesis import default_homography_conf, default_photometric_conf
@@ -98,8 +100,6 @@ class Trainer:
         self.conf = conf = merge_conf(self.default_conf, conf, "train config")
         torch.manual_seed(conf["seed"])
         torch.set_num_threads(conf["threads"])
-        from . import ddp
-
         self.rank, _, self.world = ddp.world()
         self.device = ddp.init(resolve_device(conf["device"]))
         if conf["batch_size"] % self.world:
@@ -237,8 +237,7 @@ class Trainer:
         self.net.train()
 
     def forward(self, batch: dict) -> dict:
-        from .ddp import gather
-
+        gather = ddp.gather
         images = torch.cat([batch["image0"], batch["image1"]])
         kps = torch.cat([batch["keypoints0"], batch["keypoints1"]])
         with self.autocast():
@@ -281,12 +280,18 @@ class Trainer:
         return out
 
     # --------------------------------------------------------------------- loop
+    def validate_and_select(self) -> dict:
+        """Validate; keep the weights as best_val.pt when they beat every earlier validation."""
+        val = self.validate()
+        if val[self.val_name] > self.best_val:
+            self.best_val = val[self.val_name]
+            self.save("best_val.pt")
+        return val
+
     def train(self):
         c = self.conf
         log_path = self.out / "log.csv"
         new_log = not log_path.exists() or self.step == 0
-        import os
-
         # Processes other than rank 0 (torchrun) neither log nor save.
         log = open(log_path if self.rank == 0 else os.devnull, "w" if new_log else "a", newline="")
         writer = csv.writer(log)
@@ -328,10 +333,7 @@ class Trainer:
                 self.step += 1
                 val = {}
                 if self.rank == 0 and (self.step % c["val_every"] == 0 or self.step == c["iterations"]):
-                    val = self.validate()
-                    if val[self.val_name] > self.best_val:
-                        self.best_val = val[self.val_name]
-                        self.save("best_val.pt")
+                    val = self.validate_and_select()
                 elapsed = time.time() - start
                 writer.writerow([self.step, *(f"{float(out[k]):.4f}" for k in self.log_keys),
                                  self.scheduler.get_last_lr()[0],
@@ -341,15 +343,10 @@ class Trainer:
                 if self.step % c["checkpoint_every"] == 0:
                     log.flush()
                     self.save("latest.pt")
-                from .ddp import any_process
-
-                if c["time_limit_min"] and any_process(elapsed > 60 * c["time_limit_min"], self.device):
+                if c["time_limit_min"] and ddp.any_process(elapsed > 60 * c["time_limit_min"], self.device):
                     logger.info("Time limit reached at step %d.", self.step)
                     if not val and self.rank == 0:  # the last weights are validated too
-                        val = self.validate()
-                        if val[self.val_name] > self.best_val:
-                            self.best_val = val[self.val_name]
-                            self.save("best_val.pt")
+                        val = self.validate_and_select()
                         writer.writerow([self.step, *("" for _ in self.log_keys), "",
                                          *(f"{val[k]:.4f}" if k in val else "" for k in val_keys), f"{elapsed:.1f}"])
                     stop = True
