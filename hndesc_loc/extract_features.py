@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from . import logger
-from .io import claim_file, list_h5_names, list_images, open_h5, provenance_string, read_image, write_item
+from .io import (check_names, claim_file, list_h5_names, list_images, open_h5, provenance_string, read_image,
+                 require_path, write_item)
 from .registry import get as registry_get
 from .utils.base_model import merge_conf
 from .utils.cli import Parser, run as run_cli
@@ -180,8 +181,6 @@ class ExtractWorker:
     """The extraction step's worker (for any executor): the model is built once."""
 
     def __init__(self, conf: dict, image_dir: Path, as_half: bool):
-        from .io import require_path
-
         self.image_dir, self.conf, self.as_half = require_path(Path(image_dir)), conf, as_half
         # On the GPU when there is one (as hloc does); detectors on OpenCV run on the CPU regardless.
         self.model = build_model(conf).to("cuda" if torch.cuda.is_available() else "cpu")
@@ -206,8 +205,6 @@ def resolve_names(image_dir: Path, image_list=None) -> list[str]:
         names = [str(n) for n in image_list]
     if not names:
         raise ValueError("The image list is empty: nothing to extract.")
-    from .io import check_names
-
     check_names(names, image_list if isinstance(image_list, (str, Path)) else "the image list")
     missing = [n for n in names if not (image_dir / n).is_file()]
     if missing:
@@ -255,11 +252,10 @@ def weights_fingerprint(model_conf: dict) -> str | None:
     import hashlib
 
     weights = model_conf.get("weights")
-    if weights in (None, "default") and model_conf.get("name") in ("hndesc", "hndesc_joint", "hndesc_global"):
-        from .models.network import SHIPPED_JOINT_WEIGHTS, SHIPPED_WEIGHTS
+    if model_conf.get("name") in ("hndesc", "hndesc_joint", "hndesc_global"):
+        from .models.network import resolve_weights
 
-        table = SHIPPED_JOINT_WEIGHTS if model_conf["name"] == "hndesc_joint" else SHIPPED_WEIGHTS
-        weights = table.get(model_conf.get("backbone", "lite"))
+        weights = resolve_weights(weights, model_conf.get("backbone", "lite"), model_conf["name"] == "hndesc_joint")
     if weights is None or not Path(weights).is_file():
         return None
     return hashlib.sha1(Path(weights).read_bytes()).hexdigest()

@@ -88,8 +88,8 @@ def open_h5(path: Path, mode: str = "r") -> h5py.File:
     Files are written with the default (earliest) format bounds, not hloc's libver='latest':
     the latter marks the file 'open for write' in its superblock, and a process killed with
     SIGKILL leaves that mark behind, which makes the file unopenable. Files that carry such
-    a stale mark (older runs, other tools) are recovered: their complete items are copied
-    to a fresh file that replaces them."""
+    a stale mark (older runs, other tools) are recovered: the mark is cleared in place
+    (`_recover_stale_write_mark`)."""
     path = Path(path)
     if mode == "r" and not path.exists():
         raise FileNotFoundError(f"HDF5 file {path} does not exist.")

@@ -13,7 +13,8 @@ import numpy as np
 import pycolmap
 
 from . import logger
-from .io import open_h5, parse_image_list_with_intrinsics, parse_retrieval, read_matches, write_poses, write_text_atomic
+from .io import (open_h5, parse_image_list_with_intrinsics, parse_retrieval, read_matches, require_path, write_poses,
+                 write_text_atomic)
 from .utils.base_model import merge_conf
 from .utils.cli import Parser, run as run_cli
 
@@ -155,8 +156,6 @@ class LocalizeWorker:
     """The localization step's worker (for any executor): reference model and files opened once."""
 
     def __init__(self, reference_sfm: Path, features: Path, matches: Path, conf: dict | None):
-        from .io import require_path
-
         self.localizer = QueryLocalizer(pycolmap.Reconstruction(str(require_path(Path(reference_sfm)))), conf)
         self.ffeat, self.fmatch = open_h5(require_path(Path(features))), open_h5(require_path(Path(matches)))
 

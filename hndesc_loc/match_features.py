@@ -13,7 +13,7 @@ import torch
 
 from . import logger
 from .io import (claim_file, find_pair, list_h5_names, names_to_pair, open_h5, parse_pairs, provenance_string,
-                 read_provenance, write_item)
+                 read_provenance, require_path, write_item)
 from .matchers import default_matcher_conf, match_nearest_neighbor
 from .utils.base_model import merge_conf
 from .utils.cli import Parser, run as run_cli
@@ -47,12 +47,6 @@ class FeatureReader:
         raise KeyError(f"Image '{name}' is not in the feature file(s) {[str(p) for p in self.paths]}: "
                        "extract its features first (or fix the pair list).")
 
-    def names(self) -> set[str]:
-        out = set()
-        for p in self.paths:
-            out |= list_h5_names(p)
-        return out
-
     def close(self):
         for fd in self.files:
             fd.close()
@@ -63,8 +57,6 @@ class MatchWorker:
     cached; the second image of a pair is read from `refs` (the features, then features_ref)."""
 
     def __init__(self, model_conf: dict, features: Path, refs: list[Path]):
-        from .io import require_path
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.reader = FeatureReader([require_path(Path(features))], device)
         self.reader_ref = FeatureReader([require_path(Path(p)) for p in refs], device) if len(refs) > 1 else self.reader
@@ -138,8 +130,9 @@ def main(conf: dict, pairs: Path, features: Path | str, export_dir: Path | None 
     if not pair_list:
         logger.info("Skipping the matching: every pair is already in %s.", matches)
         return matches
-    check_pairs([(a, a) for a, _ in pair_list], list_h5_names(features), pairs)
-    check_pairs([(b, b) for _, b in pair_list], set().union(*(list_h5_names(f) for f in refs)), pairs)
+    available = [list_h5_names(f) for f in refs]  # refs[0] is `features`
+    check_pairs([(a, a) for a, _ in pair_list], available[0], pairs)
+    check_pairs([(b, b) for _, b in pair_list], set().union(*available), pairs)
     from .distributed import LocalExecutor
 
     with open_h5(matches, "a") as fd:

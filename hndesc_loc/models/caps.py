@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sampling import dense_keypoints
+
 
 
 class Bottleneck(nn.Module):
@@ -150,8 +152,6 @@ class CapsBackbone(nn.Module):
 
     def dense(self, feats: dict) -> torch.Tensor:
         """Descriptors at the centres of the image's stride-4 cells [B,D,ceil(H/4),ceil(W/4)]."""
-        from .sampling import dense_keypoints
-
         h, w = feats["image_size"]
         kp = dense_keypoints((h, w), self.stride, feats["fine"].device)
         kp = kp[None].expand(feats["fine"].shape[0], -1, -1)

@@ -3,7 +3,7 @@
 retrieval descriptor)."""
 import torch
 
-from ..detectors import get_detector
+from .. import registry
 from ..utils.base_model import BaseModel
 from .detection import detect_keypoints
 from .network import load_network
@@ -29,7 +29,7 @@ class HNDesc(BaseModel):
                 raise ValueError(f"model.descriptor='{conf['descriptor']}' needs the caps backbone.")
             self.net.backbone.descriptor = conf["descriptor"]
         det = dict(conf["detector"])
-        self.detector = get_detector(det.pop("name"))(det)
+        self.detector = registry.get("detector", det.pop("name"))(det)
 
     @torch.no_grad()
     def _forward(self, data):
@@ -84,9 +84,3 @@ class HNDescGlobal(BaseModel):
     @torch.no_grad()
     def _forward(self, data):
         return {"global_descriptor": self.net.global_descriptor(self.net(data["image"]))}
-
-
-def get_model(name: str) -> type[BaseModel]:
-    from ..registry import get
-
-    return get("model", name)

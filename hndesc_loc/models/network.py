@@ -100,11 +100,19 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> HNDescNet:
     return net.eval()
 
 
+def resolve_weights(weights: str | Path | None, backbone: str, detector: bool = False) -> Path:
+    """The weights file a model conf names: `weights` 'default' (or None) is the shipped file
+    of the backbone (with a trained detection head when `detector`); anything else a path."""
+    if weights in (None, "default"):
+        return (SHIPPED_JOINT_WEIGHTS if detector else SHIPPED_WEIGHTS)[backbone]
+    return Path(weights)
+
+
 def load_network(weights: str | Path, backbone: str, detector: bool = False) -> HNDescNet:
     """`weights='default'` is the shipped file for the backbone (with a trained detection head
     when `detector`); anything else is a path."""
     if weights in (None, "default"):
-        path = (SHIPPED_JOINT_WEIGHTS if detector else SHIPPED_WEIGHTS)[backbone]
+        path = resolve_weights(weights, backbone, detector)
         config = f"configs/train/{backbone}{'_joint' if detector else ''}.yaml"
         if not path.is_file():
             raise FileNotFoundError(

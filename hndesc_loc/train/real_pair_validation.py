@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import real_pairs
-from ..detectors import get_detector
+from .. import registry
 from ..extract_features import load_image
 
 
@@ -23,7 +23,7 @@ def _pairs(root: str):
 def real_pair_maa(net, root: Path, size: int, device: torch.device) -> dict:
     """{'evd_maa', 'wxbs_maa', 'real_maa' (their mean)} of `net` at longest side `size`."""
     evd, wxbs = _pairs(str(root))
-    detector = get_detector("sift")({"max_keypoints": 2048})
+    detector = registry.get("detector", "sift")({"max_keypoints": 2048})
 
     def features(path: Path) -> dict:
         data = load_image(path, {"resize_max": size})
