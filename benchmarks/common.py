@@ -34,6 +34,20 @@ def make_images(out: Path, size: int = 1024, limit: int = 12) -> list[str]:
     return names
 
 
+def variant_confs(variants: list[str]) -> dict:
+    """{"CONF key=value ...": conf}: extract_features confs with overrides, for --variant."""
+    from hndesc_loc import extract_features
+
+    out = {}
+    for v in variants:
+        name, *overrides = v.split()
+        if name not in extract_features.confs:
+            raise SystemExit(f"--variant {v!r}: {name!r} is not a conf of extract_features "
+                             f"(one of {sorted(extract_features.confs)}).")
+        out[v] = extract_features.parse_overrides(extract_features.confs[name], overrides)
+    return out
+
+
 def _child(fn, args, queue):
     t = time.perf_counter()
     result = fn(*args)

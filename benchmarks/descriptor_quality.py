@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+from common import variant_confs
 from hndesc_loc import extract_features, hpatches
 from hndesc_loc.io import list_images, open_h5
 
@@ -118,12 +119,17 @@ def main():
     p.add_argument("--weights", nargs="*", type=Path, default=[], help="more HNDesc checkpoints to compare")
     p.add_argument("--joint_weights", nargs="*", type=Path, default=[],
                    help="more hndesc_joint checkpoints (runs/<name>/best_val.pt) to compare")
-    p.add_argument("--only_weights", action="store_true", help="evaluate only --weights / --joint_weights (ablations)")
+    p.add_argument("--variant", nargs="*", default=[],
+                   help='extra methods as "CONF key=value ...", e.g. "hndesc model.scale_adaptive.reference_size=2.5 '
+                        'model.scale_adaptive.num_levels=5"')
+    p.add_argument("--only_weights", action="store_true",
+                   help="evaluate only --weights / --joint_weights / --variant (ablations)")
     a = p.parse_args()
     confs = method_confs(a.weights, a.joint_weights)
     if a.only_weights:
         tags = [f"({Path(w).stem})" for w in a.weights] + [f"({Path(w).parent.name}-{Path(w).stem})" for w in a.joint_weights]
         confs = {k: v for k, v in confs.items() if any(t in k for t in tags)}
+    confs.update(variant_confs(a.variant))
     results, timings, _ = evaluate_methods(a.outputs, confs)
     print("\nHPatches-style set from held-out photos (NOT HPatches numbers), 640 px, mutual NN; splits: v viewpoint, "
           "i illumination by the training renderer's families, h photometric families held out from training")

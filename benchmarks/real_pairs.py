@@ -4,6 +4,7 @@ EVD homography mAA (1..20 px) and WxBS-validation mAA@10px (fundamental matrix),
 
     python benchmarks/real_pairs.py [--outputs outputs/bench_real_pairs] [--weights W.pt ...]
                                     [--joint_weights J.pt ...] [--only_weights] [--methods hndesc sift ...]
+                                    [--variant "hndesc preprocessing.resize_max=640" ...]
 
 Prints a table, writes `real_pairs.json` (per pair and summary) and `real_pairs.png`.
 """
@@ -20,14 +21,17 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import variant_confs  # noqa: E402
 from hndesc_loc import extract_features, real_pairs  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "real_pairs"
 
 
-def method_confs(names: list[str], weights: list[Path], joint_weights: list[Path]) -> dict:
+def method_confs(names: list[str], weights: list[Path], joint_weights: list[Path], variants: list[str] = ()) -> dict:
     c, po = extract_features.confs, extract_features.parse_overrides
     confs = {n: c[n] for n in names}
+    confs.update(variant_confs(variants))
     for w in weights:
         confs[f"hndesc ({Path(w).parent.name}/{Path(w).stem})"] = po(c["hndesc"], [f"model.weights={w}"])
     for w in joint_weights:
@@ -75,7 +79,9 @@ def main(argv=None):
     parser.add_argument("--weights", nargs="*", type=Path, default=[], help="extra hndesc weights to evaluate")
     parser.add_argument("--joint_weights", nargs="*", type=Path, default=[],
                         help="extra hndesc_joint weights (with a detection head) to evaluate")
-    parser.add_argument("--only_weights", action="store_true", help="evaluate only --weights/--joint_weights")
+    parser.add_argument("--variant", nargs="*", default=[],
+                        help='extra methods as "CONF key=value ...", e.g. "hndesc preprocessing.resize_max=640"')
+    parser.add_argument("--only_weights", action="store_true", help="evaluate only --weights/--joint_weights/--variant")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} is absent: this benchmark needs ../shared/data/real_pairs.")
@@ -89,7 +95,7 @@ def main(argv=None):
         except FileNotFoundError as e:
             print(f"DISK skipped: {e}")
             names.remove("disk")
-    confs = method_confs(names, args.weights, args.joint_weights)
+    confs = method_confs(names, args.weights, args.joint_weights, args.variant)
     results = {}
     for name, conf in tqdm(confs.items(), desc="methods", unit="method"):
         results[name] = evaluate_method(conf, evd, wxbs)
@@ -97,9 +103,13 @@ def main(argv=None):
     (args.outputs / "real_pairs.json").write_text(json.dumps(results, indent=1))
     plot(results, args.outputs / "real_pairs.png")
     print(f"\nReal pairs: EVD {len(evd)} pairs, WxBS-val {len(wxbs)} pairs; mutual NN, 1024 px")
-    print(f"{'method':44s} {'EVD mAA':>8s} {'WxBS mAA':>9s} {'matches':>8s} {'s':>6s}")
+    print(f"precision / correct: matches within {real_pairs.PRECISION_PX:g} px of the GT homography (EVD) or of the "
+          "epipolar lines of the annotated correspondences (WxBS), mean per pair")
+    print(f"{'method':44s} {'EVD mAA':>8s} {'WxBS mAA':>9s} {'EVD prec':>9s} {'EVD corr':>9s} {'WxBS prec':>10s} "
+          f"{'WxBS corr':>10s} {'matches':>8s} {'s':>6s}")
     for name, r in results.items():
-        print(f"{name:44s} {r['evd_maa']:8.3f} {r['wxbs_maa']:9.3f} {r['mean_matches']:8.0f} {r['seconds']:6.1f}")
+        print(f"{name:44s} {r['evd_maa']:8.3f} {r['wxbs_maa']:9.3f} {r['evd_precision']:9.3f} {r['evd_correct']:9.0f} "
+              f"{r['wxbs_precision']:10.3f} {r['wxbs_correct']:10.0f} {r['mean_matches']:8.0f} {r['seconds']:6.1f}")
     print(f"Wrote {args.outputs / 'real_pairs.json'} and {args.outputs / 'real_pairs.png'}")
 
 

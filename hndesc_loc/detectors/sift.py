@@ -51,13 +51,15 @@ class SIFT(BaseModel):
         return gray, unique
 
     def _forward(self, data):
-        kpts_b, scores_b = [], []
+        kpts_b, scores_b, scales_b = [], [], []
         for image in data["image"]:
             _, kps = self.detect_cv(image)
             kpts_b.append(torch.tensor([k.pt for k in kps], dtype=torch.float32).reshape(-1, 2))
             scores_b.append(torch.tensor([k.response for k in kps], dtype=torch.float32))
+            scales_b.append(torch.tensor([k.size for k in kps], dtype=torch.float32))
         n = min(len(k) for k in kpts_b)  # batches are of one image in practice
-        return {"keypoints": torch.stack([k[:n] for k in kpts_b]), "scores": torch.stack([s[:n] for s in scores_b])}
+        return {"keypoints": torch.stack([k[:n] for k in kpts_b]), "scores": torch.stack([s[:n] for s in scores_b]),
+                "scales": torch.stack([s[:n] for s in scales_b])}
 
 
 def radius_nms(pts: np.ndarray, radius: float) -> list[int]:

@@ -1,7 +1,10 @@
 """HNDesc as extractors: `HNDesc` (detector keypoints + HNDesc descriptors), `HNDescJoint`
 (HNDesc's own detection head + descriptors, one forward pass) and `HNDescGlobal` (global
 retrieval descriptor)."""
+import math
+
 import torch
+import torch.nn.functional as F
 
 from .. import registry
 from ..utils.base_model import BaseModel
@@ -15,6 +18,11 @@ class HNDesc(BaseModel):
         "weights": "default",               # 'default': shipped weights of the backbone, else a path
         "detector": {"name": "sift"},       # detector name + its own conf (see hndesc_loc.detectors)
         "descriptor": "fine",               # caps only: 'fine' (HNDesc) or 'coarse_fine' (CAPS release, 256-d)
+        # Describe each keypoint on the image pyramid level (steps of sqrt(2)) where its detector
+        # scale comes closest to `reference_size` px: descriptors then see the same apparent scale
+        # in both images of a pair whatever the zoom between them. Needs a detector that reports
+        # scales (sift). None: off, everything described at full resolution.
+        "scale_adaptive": None,             # or {"reference_size": 8.0, "num_levels": 5}
     }
     required_inputs = ["image"]
     detection_noise = 1.0
@@ -30,13 +38,61 @@ class HNDesc(BaseModel):
             self.net.backbone.descriptor = conf["descriptor"]
         det = dict(conf["detector"])
         self.detector = registry.get("detector", det.pop("name"))(det)
+        sa = conf["scale_adaptive"]
+        if sa is not None:
+            unknown = set(sa) - {"reference_size", "num_levels"}
+            if unknown or not {"reference_size", "num_levels"} <= set(sa):
+                raise ValueError(f"model.scale_adaptive needs exactly reference_size and num_levels, got {sorted(sa)}.")
 
     @torch.no_grad()
     def _forward(self, data):
-        pred = self.detector({"image": data["image"]})
-        feats = self.net(data["image"])
-        desc = self.net.describe(feats, pred["keypoints"].to(data["image"].device))
+        image = data["image"]
+        pred = self.detector({"image": image})
+        kpts = pred["keypoints"].to(image.device)
+        sa = self.conf["scale_adaptive"]
+        if sa is None:
+            desc = self.net.describe(self.net(image), kpts)
+        else:
+            if "scales" not in pred:
+                raise ValueError(f"model.scale_adaptive needs keypoint scales, which detector "
+                                 f"'{self.conf['detector']['name']}' does not report: use sift or scale_adaptive=null.")
+            desc = describe_scale_adaptive(self.net, image, kpts, pred["scales"].to(image.device),
+                                           sa["reference_size"], sa["num_levels"])
         return {"keypoints": pred["keypoints"], "scores": pred["scores"], "descriptors": desc}
+
+
+MIN_LEVEL_SIDE = 32  # px: coarser pyramid levels than this carry no usable features
+
+
+def describe_scale_adaptive(net, image: torch.Tensor, keypoints: torch.Tensor, sizes: torch.Tensor,
+                            reference_size: float, num_levels: int) -> torch.Tensor:
+    """Descriptors [B,D,N] of keypoints [B,N,2] (pixels) with detector sizes [B,N] (pixels),
+    each taken on the level l of a sqrt(2)-step pyramid of image [B,C,H,W] that brings its size
+    nearest to reference_size (l = round(2 log2(size / reference_size)), clipped to the levels)."""
+    if keypoints.shape[1] == 0:
+        return net.describe(net(image), keypoints)
+    h, w = image.shape[-2:]
+    usable = int(2 * math.log2(max(min(h, w) / MIN_LEVEL_SIDE, 1.0))) + 1
+    levels = (2 * torch.log2(sizes.clamp(min=1e-3) / reference_size)).round()
+    levels = levels.clamp(0, max(min(num_levels, usable) - 1, 0)).long()
+    desc = None
+    for level in levels.unique().tolist():
+        f = 2 ** (-level / 2)
+        size = (max(round(h * f), 1), max(round(w * f), 1))
+        scaled = image if level == 0 else F.interpolate(image, size=size, mode="bilinear", align_corners=False,
+                                                        antialias=True)
+        ratio = keypoints.new_tensor([size[1] / w, size[0] / h])
+        feats = net(scaled)
+        for b in range(len(image)):  # only this level's keypoints pay for the descriptor head
+            idx = torch.nonzero(levels[b] == level)[:, 0]
+            if not len(idx):
+                continue
+            d = net.describe({k: v[b:b + 1] if torch.is_tensor(v) else v for k, v in feats.items()},
+                             (keypoints[b:b + 1, idx] + 0.5) * ratio - 0.5)[0]
+            if desc is None:
+                desc = d.new_zeros(len(image), d.shape[0], keypoints.shape[1])
+            desc[b, :, idx] = d
+    return desc
 
 
 class HNDescJoint(BaseModel):
