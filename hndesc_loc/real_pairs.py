@@ -17,6 +17,12 @@ not yet good enough moves neither. Graded companions, computed on the same match
 robust estimation: the precision of the matches (EVD: within PRECISION_PX of the GT homography;
 WxBS: within PRECISION_PX of the epipolar lines of the F fitted to all annotated
 correspondences) and the number of such correct matches per pair.
+
+Detector-free descriptor check on WxBS (`annotated_point_retrieval`): each annotated point of
+one image is described and compared with the description of its annotated partner and of a
+dense grid over the other image (grid points within EXCLUSION_PX of the partner removed);
+top-1 (top-10) accuracy = fraction of points whose partner is beaten by no (at most 9) grid
+points, both directions. It isolates the descriptor from the detector and grades what mAA only passes or fails.
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ from .matchers import default_matcher_conf, match_nearest_neighbor
 EVD_THRESHOLDS = np.arange(1, 21)
 WXBS_THRESHOLDS = np.arange(0, 11)
 PRECISION_PX = 5.0
+GRID_STEP_PX = 8        # dense distractor grid of the annotated-point retrieval (original pixels)
+EXCLUSION_PX = 8.0      # grid points this close to the true partner are not distractors
 
 
 def list_evd(root: Path) -> list[dict]:
@@ -135,6 +143,41 @@ def match_precision(errors: np.ndarray) -> tuple[float, int]:
     """(fraction, count) of matches with error <= PRECISION_PX; (0, 0) without matches."""
     good = int((errors <= PRECISION_PX).sum())
     return (good / len(errors) if len(errors) else 0.0), good
+
+
+def annotated_point_retrieval(describe: Callable[[Path, np.ndarray], np.ndarray], wxbs: list[dict],
+                              progress: bool = True) -> dict:
+    """Top-1 retrieval of annotated partners against a dense distractor grid (module docstring).
+    describe(image_path, points [N,2] original pixels) -> L2-normalised descriptors [D,N].
+    Returns {'pairs': {name: {'top1', 'top10', 'median_rank'}}, and 'top1', 'top10', 'median_rank'
+    over all points}."""
+    from .io import read_image
+
+    out, hits, ranks = {}, [], []
+    for p in tqdm(wxbs, desc="annotated points", unit="pair", leave=False, disable=not progress):
+        pair_hits, pair_ranks = [], []
+        for (src, dst, cols) in (("image0", "image1", (0, 2)), ("image1", "image0", (2, 0))):
+            q_pts, t_pts = p["corrs"][:, cols[0]:cols[0] + 2], p["corrs"][:, cols[1]:cols[1] + 2]
+            h, w = read_image(p[dst]).shape[:2]
+            ys, xs = np.mgrid[GRID_STEP_PX // 2:h:GRID_STEP_PX, GRID_STEP_PX // 2:w:GRID_STEP_PX]
+            grid = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+            q = describe(p[src], q_pts)
+            t = describe(p[dst], np.concatenate([t_pts, grid]))
+            pos, neg = t[:, :len(t_pts)], t[:, len(t_pts):]
+            d_pos = 2 - 2 * (q * pos).sum(0)                      # [N]
+            d_neg = 2 - 2 * q.T @ neg                             # [N,G]
+            far = np.linalg.norm(t_pts[:, None] - grid[None], axis=2) > EXCLUSION_PX
+            closer = ((d_neg < d_pos[:, None]) & far).sum(1)      # distractors beating the partner
+            pair_hits.append(closer == 0)
+            pair_ranks.append(closer)
+        pair_hits, pair_ranks = np.concatenate(pair_hits), np.concatenate(pair_ranks)
+        out[p["name"]] = {"top1": float(pair_hits.mean()), "top10": float((pair_ranks < 10).mean()),
+                          "median_rank": float(np.median(pair_ranks))}
+        hits.append(pair_hits)
+        ranks.append(pair_ranks)
+    hits, ranks = np.concatenate(hits), np.concatenate(ranks)
+    return {"pairs": out, "top1": float(hits.mean()), "top10": float((ranks < 10).mean()),
+            "median_rank": float(np.median(ranks))}
 
 
 def evd_maa(errors: list[float]) -> float:

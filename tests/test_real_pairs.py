@@ -72,3 +72,49 @@ def test_histogram_transfer_matches_the_style_statistics():
         assert abs(np.median(out[..., c]) - np.median(style[..., c])) < 0.02
     # monotone: the order of pixel values is kept
     assert np.corrcoef(np.argsort(np.argsort(img[..., 0].ravel())), np.argsort(np.argsort(out[..., 0].ravel())))[0, 1] > 0.99
+
+
+def _shifted_pair(tmp_path, shift=(13, 7)):
+    import cv2
+    import skimage.data
+
+    img = skimage.data.astronaut()[:, :, ::-1]
+    d = tmp_path / "pair"
+    d.mkdir()
+    cv2.imwrite(str(d / "01.png"), img)
+    M = np.float32([[1, 0, shift[0]], [0, 1, shift[1]]])
+    cv2.imwrite(str(d / "02.png"), cv2.warpAffine(img, M, img.shape[1::-1]))
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(60, 440, (30, 2)).round()
+    return {"name": "pair", "image0": d / "01.png", "image1": d / "02.png",
+            "corrs": np.concatenate([x0, x0 + shift], 1)}
+
+
+def _patch_describer(path, points):
+    from hndesc_loc.io import read_image
+
+    img = np.pad(read_image(path, True).astype(np.float32), 8, mode="reflect")
+    pts = np.round(points).astype(int) + 8
+    desc = np.stack([img[y - 7:y + 8, x - 7:x + 8].ravel() for x, y in pts], 1)
+    desc = desc - desc.mean(0)
+    return desc / np.linalg.norm(desc, axis=0).clip(1e-6)
+
+
+def test_annotated_point_retrieval_grades_descriptors(tmp_path):
+    pair = _shifted_pair(tmp_path)
+    exact = real_pairs.annotated_point_retrieval(_patch_describer, [pair], progress=False)
+    assert exact["top1"] > 0.9 and exact["median_rank"] == 0
+    rng = np.random.default_rng(1)
+
+    def random_describer(path, points):
+        d = rng.normal(size=(32, len(points)))
+        return d / np.linalg.norm(d, axis=0)
+
+    chance = real_pairs.annotated_point_retrieval(random_describer, [pair], progress=False)
+    assert chance["top1"] < 0.1 and chance["median_rank"] > 100
+
+
+def test_match_precision_counts_matches_within_the_threshold():
+    prec, good = real_pairs.match_precision(np.array([0.5, 4.9, 5.1, 100.0]))
+    assert (prec, good) == (0.5, 2)
+    assert real_pairs.match_precision(np.zeros(0)) == (0.0, 0)

@@ -21,11 +21,29 @@ def test_warp_points_follows_warp_perspective():
     assert np.hypot(p[0] - x, p[1] - y) < 1.0
 
 
+def test_strong_homographies_keep_both_views_in_front():
+    """The strongest configured geometry: no draw may show the plane's horizon in either view
+    (OpenCV's warp then returns values of millions, which once poisoned a run)."""
+    import cv2
+
+    conf = {"perspective": 0.25, "rotation": 35.0, "scale": [0.5, 2.0], "translation": 0.15}
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 1, (64, 64)).astype(np.float32)
+    corners = np.array([[0, 0, 1], [63, 0, 1], [63, 63, 1], [0, 63, 1.0]])
+    for _ in range(1000):
+        H = random_homography(rng, 64, conf)
+        w_inv = corners @ np.linalg.inv(H)[2]
+        assert np.all(w_inv / (np.array([31.5, 31.5, 1]) @ np.linalg.inv(H)[2]) > 0)
+        warped = cv2.warpPerspective(img, H, (64, 64), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        assert warped.min() >= 0 and warped.max() <= 1
+
+
 def test_night_and_transfer_change_appearance():
     rng = np.random.default_rng(0)
     img = rng.uniform(0.3, 0.9, (64, 64, 3)).astype(np.float32)
     night = render_night(rng, img)
     assert night.mean() < 0.5 * img.mean() and night.dtype == np.float32
+    assert np.isfinite(render_night(rng, img - 0.35)).all()  # out-of-range input: still an image
     style = np.zeros_like(img)
     style[..., 2] = 0.8
     out = color_transfer(img, style)
@@ -263,3 +281,52 @@ def test_caps_checkpoint_exports_to_the_release_format(tmp_path):
     with torch.no_grad():
         da, db, dt = (n.describe(n(x), kp) for n in (a, b, t.net.eval()))
     assert torch.allclose(da, dt, atol=1e-5) and (db * dt).sum(1).min() > 0.999  # fp16 export: rounding only
+
+
+def test_non_finite_batch_leaves_weights_and_batchnorm_statistics_untouched(tmp_path, monkeypatch):
+    """A batch with NaN pixels gives a NaN loss after BatchNorm has already folded it into its
+    running statistics: the step is skipped and those statistics restored, or every later
+    validation (eval mode) reads NaN."""
+    from hndesc_loc.train.trainer import Trainer
+
+    conf = {"output_dir": str(tmp_path), "iterations": 3, "batch_size": 2, "val_every": 3, "checkpoint_every": 3,
+            "data": {"builtin": ["astronaut", "coffee"], "num_keypoints": 32, "num_val_pairs": 4, "max_image_size": 320},
+            "coarse_to_fine": {"enabled": False}}
+    t = Trainer(conf)
+    to_device, poisoned = t.to_device, []
+
+    def poison_second_batch(batch):
+        batch = to_device(batch)
+        if "image0" in batch and t.step == 1 and not poisoned:
+            batch["image1"] = torch.full_like(batch["image1"], float("nan"))
+            poisoned.append(True)
+        return batch
+
+    monkeypatch.setattr(t, "to_device", poison_second_batch)
+    t.train()
+    assert poisoned and t.step == 2  # the poisoned batch was skipped, not counted
+    assert all(torch.isfinite(b).all() for b in t.net.buffers())
+    assert all(torch.isfinite(p).all() for p in t.net.parameters())
+    val = t.validate()
+    assert np.isfinite(val["val_ap"]) and val["val_ap"] > 0
+
+
+def test_resume_keeps_a_log_written_with_other_columns(tmp_path):
+    """A run resumed by a version that logs other columns starts a new log and keeps the old
+    one beside it (twice: no log is overwritten)."""
+    from hndesc_loc.train.trainer import Trainer
+
+    conf = {"output_dir": str(tmp_path), "iterations": 1, "batch_size": 2, "val_every": 1, "checkpoint_every": 1,
+            "data": {"builtin": ["astronaut"], "num_keypoints": 16, "num_val_pairs": 2, "max_image_size": 256},
+            "coarse_to_fine": {"enabled": False}}
+    Trainer(conf).train()
+    for n in (2, 3):
+        log = tmp_path / "log.csv"
+        log.write_text(log.read_text().replace("val_ap", "old_column"))
+        t = Trainer({**conf, "iterations": n})
+        t.resume(tmp_path / "latest.pt")
+        t.train()
+        assert log.read_text().splitlines()[0].startswith("step,") and "old_column" not in log.read_text()
+    kept = sorted(p.name for p in tmp_path.glob("log.before_step*.csv"))
+    assert kept == ["log.before_step1.csv", "log.before_step2.csv"]
+    assert all("old_column" in (tmp_path / k).read_text() for k in kept)

@@ -28,7 +28,9 @@ def random_homography(rng: np.random.Generator, size: int, conf: dict, max_tries
     """3x3 homography mapping crop pixels to second-view pixels, both of side `size`.
     Built from the crop's corners so that every bound is in pixels of the crop. Draws whose
     corners do not stay in front of the camera (w <= 0.1 at a corner: the plane folds over
-    or goes to infinity inside the crop) are drawn again."""
+    or goes to infinity inside the crop) are drawn again, and so are draws whose inverse does
+    the same inside the second view (its pixels would come from beyond the horizon: OpenCV's
+    warp then returns values of millions)."""
     s = float(size)
     c = np.array([[0, 0], [s - 1, 0], [s - 1, s - 1], [0, s - 1]], np.float64)
     center = c.mean(0)
@@ -43,9 +45,19 @@ def random_homography(rng: np.random.Generator, size: int, conf: dict, max_tries
         H = cv2.getPerspectiveTransform(c.astype(np.float32), pts.astype(np.float32)).astype(np.float64)
         H = H / H[2, 2]
         w = np.concatenate([c, np.ones((4, 1))], 1) @ H[2]
-        if np.all(w > 0.1):
+        if np.all(w > 0.1) and _inverse_in_front(H, c):
             return H
     raise RuntimeError(f"no valid homography in {max_tries} draws: homography conf {conf} is too extreme")
+
+
+def _inverse_in_front(H: np.ndarray, corners: np.ndarray) -> bool:
+    """w of H^-1 at the second view's corners, relative to its value at the view's centre, > 0.02
+    (at most 50x the centre's magnification)."""
+    Hinv = np.linalg.inv(H)
+    hom = np.concatenate([corners, np.ones((4, 1))], 1)
+    w = hom @ Hinv[2]
+    w_centre = np.append(corners.mean(0), 1.0) @ Hinv[2]
+    return bool(np.all(w / w_centre > 0.02))
 
 
 def warp_points(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -113,7 +125,7 @@ def render_night(rng: np.random.Generator, img: np.ndarray, strength: float = 1.
     cold light), local light glows, blur, and sensor noise quantised to 8 bits."""
     h, w = img.shape[:2]
     exposure = np.exp(rng.uniform(np.log(0.06), np.log(0.35)) * strength)
-    out = img ** rng.uniform(1.2, 2.0) * exposure
+    out = np.clip(img, 0, 1) ** rng.uniform(1.2, 2.0) * exposure
     cast = np.array([1.0, 0.8, 0.5]) if rng.random() < 0.6 else np.array([0.7, 0.8, 1.0])
     cast = 1 + (cast * rng.uniform(0.8, 1.2, 3) - 1) * strength
     out = out * cast

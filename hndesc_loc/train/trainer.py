@@ -55,7 +55,7 @@ default_conf = {
         # Held-out photometric families (hndesc_loc.heldout_photometric) for the validation
         # pairs; [] uses the training appearance changes (not a generalisation measure).
         "families": ["sensor_night", "tone_curve", "colour_temperature", "cast_shadow"],
-        "real_pairs": None,        # folder with evd/ and wxbs_val/: real-pair mAA joins the selection score
+        "real_pairs": None,        # folder with evd/ and wxbs_val/: the real-pair score joins the selection score
         "real_pairs_size": 640,    # longest side for that check
     },
     "loss": {
@@ -94,7 +94,7 @@ class Trainer:
 
     default_conf = default_conf
     log_keys = ("loss", "ap", "global")   # scalars of `forward`'s output written to log.csv
-    val_name = "val_score"                # higher is better: held-out AP (+ real-pair mAA when configured)
+    val_name = "val_score"                # higher is better: held-out AP (+ real-pair score when configured)
 
     def __init__(self, conf: dict):
         self.conf = conf = merge_conf(self.default_conf, conf, "train config")
@@ -256,7 +256,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict:
         """{'val_ap': mean exact AP of view-0 anchors against in-pair negatives on the fixed
-        validation pairs, 'real_maa': mean of EVD and WxBS mAA when configured, 'val_score'}."""
+        validation pairs, the real-pair scores of `real_pair_validation` when configured,
+        'val_score': val_ap, or its mean with 'real_score'}."""
         self.net.eval()
         aps = []
         for b in self.val_batches:
@@ -271,11 +272,11 @@ class Trainer:
         v = self.conf["validation"]
         out["val_score"] = out["val_ap"]
         if v["real_pairs"]:
-            from .real_pair_validation import real_pair_maa
+            from .real_pair_validation import real_pair_scores
 
-            r = real_pair_maa(self.net, Path(v["real_pairs"]), v["real_pairs_size"], self.device)
+            r = real_pair_scores(self.net, Path(v["real_pairs"]), v["real_pairs_size"], self.device)
             out.update(r)
-            out["val_score"] = (out["val_ap"] + r["real_maa"]) / 2
+            out["val_score"] = (out["val_ap"] + r["real_score"]) / 2
         self.set_train_mode()
         return out
 
@@ -292,12 +293,23 @@ class Trainer:
         c = self.conf
         log_path = self.out / "log.csv"
         new_log = not log_path.exists() or self.step == 0
+        val_keys = ["val_ap", "real_score", "evd_maa", "wxbs_maa", "points_top10", self.val_name]
+        header = ["step", *self.log_keys, "lr", *val_keys, "elapsed_s"]
+        if not new_log and self.rank == 0:
+            with open(log_path) as f:
+                if next(csv.reader(f), None) != header:
+                    # A run resumed by a version that logs other columns: keep its log beside.
+                    kept = log_path.with_name(f"log.before_step{self.step}.csv")
+                    n = 1
+                    while kept.exists():
+                        kept, n = log_path.with_name(f"log.before_step{self.step}.{n}.csv"), n + 1
+                    log_path.rename(kept)
+                    new_log = True
         # Processes other than rank 0 (torchrun) neither log nor save.
         log = open(log_path if self.rank == 0 else os.devnull, "w" if new_log else "a", newline="")
         writer = csv.writer(log)
-        val_keys = ["val_ap", "real_maa", "evd_maa", "wxbs_maa", self.val_name]
         if new_log:
-            writer.writerow(["step", *self.log_keys, "lr", *val_keys, "elapsed_s"])
+            writer.writerow(header)
         if self.rank == 0:
             (self.out / "config.json").write_text(json.dumps(c, indent=2))
         start = time.time()
@@ -315,11 +327,18 @@ class Trainer:
         self.optimizer.zero_grad()
         for loader in self.segments():
             for batch in loader:
+                # BatchNorm updates its running statistics during the forward pass, before the
+                # loss can be checked: keep them to undo a bad batch.
+                buffers = [b.detach().clone() for b in self.net.buffers()]
                 out = self.forward(self.to_device(batch))
                 if not torch.isfinite(out["total"]):
-                    # One bad batch must not poison the weights: skip it, say so, keep the step count.
+                    # One bad batch must not poison the weights nor the BatchNorm statistics:
+                    # skip it, say so, keep the step count.
                     logger.warning("Non-finite loss at step %d (appearances %s): batch skipped.",
                                    self.step, batch["appearance"])
+                    with torch.no_grad():
+                        for b, saved in zip(self.net.buffers(), buffers):
+                            b.copy_(saved)
                     self.optimizer.zero_grad()
                     micro -= micro % acc  # the accumulation group starts again
                     continue
