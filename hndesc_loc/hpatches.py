@@ -88,17 +88,33 @@ def evaluate_features(root: Path, features: Path, matcher_conf: dict | None = No
         load = lambda n: {k: fd[n][k][()] for k in ("keypoints", "descriptors", "image_size")}
         for s in tqdm(seqs, desc=f"hpatches {Path(features).stem}", unit="seq"):
             f0 = load(f"{s}/1.ppm")
+            families = read_families(root / s)
             for k in range(2, 7):
                 H = np.loadtxt(root / s / f"H_1_{k}")
                 f1 = load(f"{s}/{k}.ppm")
-                per[s[0]].append(pair_metrics(f0, f1, H, tuple(f1["image_size"]), matcher_conf))
+                m = pair_metrics(f0, f1, H, tuple(f1["image_size"]), matcher_conf)
+                per[s[0]].append(m)
+                if k in families:  # generated h_ sequences: also per held-out family
+                    per.setdefault(f"h:{families[k]}", []).append(m)
     return summarize(per)
+
+
+FAMILIES_FILE = "families.txt"  # generated h_ sequences: "k family" per target image
+
+
+def read_families(seq: Path) -> dict[int, str]:
+    path = seq / FAMILIES_FILE
+    if not path.is_file():
+        return {}
+    return {int(k): fam for k, fam in (line.split() for line in path.read_text().splitlines() if line.strip())}
 
 
 def summarize(per: dict) -> dict:
     out = {}
-    # avg over v and i only, as HPatches reports it; h is reported on its own.
-    for split, rows in (("v", per["v"]), ("i", per["i"]), ("h", per.get("h", [])), ("avg", per["v"] + per["i"])):
+    # avg over v and i only, as HPatches reports it; h (and its families h:NAME) on its own.
+    families = sorted(k for k in per if k.startswith("h:"))
+    for split, rows in (("v", per["v"]), ("i", per["i"]), ("h", per.get("h", [])), ("avg", per["v"] + per["i"]),
+                        *((f, per[f]) for f in families)):
         if not rows:
             continue
         ce = np.array([r["corner_error"] for r in rows])
@@ -116,15 +132,15 @@ def summarize(per: dict) -> dict:
 
 def format_table(results: dict[str, dict]) -> str:
     """The paper's format: MMA@1/3/5/10 and homography accuracy @1/3/5/10 px, v / i / avg."""
-    lines = [f"{'method':28s} {'split':5s} {'MMA@1':>6s} {'@3':>6s} {'@5':>6s} {'@10':>6s} | "
+    lines = [f"{'method':28s} {'split':18s} {'MMA@1':>6s} {'@3':>6s} {'@5':>6s} {'@10':>6s} | "
              f"{'H@1':>5s} {'@3':>5s} {'@5':>5s} {'@10':>5s} | {'kpts':>6s} {'matches':>7s} {'corr@3':>7s} {'rep@3':>6s}"]
     for name, res in results.items():
-        for split in ("v", "i", "h", "avg"):
+        for split in ("v", "i", "h", "avg", *sorted(k for k in res if k.startswith("h:"))):
             if split not in res:
                 continue
             r = res[split]
             m, h = r["mma"], r["hest"]
-            lines.append(f"{name:28s} {split:5s} {m[0]:6.3f} {m[2]:6.3f} {m[4]:6.3f} {m[9]:6.3f} | "
+            lines.append(f"{name:28s} {split:18s} {m[0]:6.3f} {m[2]:6.3f} {m[4]:6.3f} {m[9]:6.3f} | "
                          f"{h[0]:5.3f} {h[1]:5.3f} {h[2]:5.3f} {h[3]:5.3f} | {r['keypoints']:6.0f} {r['matches']:7.0f} "
                          f"{r['correct3']:7.1f} {r['rep3']:6.3f}")
     return "\n".join(lines)
@@ -194,6 +210,7 @@ def generate(photos: list[Path], out_dir: Path, seed: int = 0, max_size: int = 6
             for k, fam in zip(range(2, 7), order):
                 save(hseq / f"{k}.ppm", FAMILIES[fam](rng, img))
                 np.savetxt(hseq / f"H_1_{k}", np.eye(3))
+            write_text_atomic(hseq / FAMILIES_FILE, "".join(f"{k} {fam}\n" for k, fam in zip(range(2, 7), order)))
     return out_dir
 
 

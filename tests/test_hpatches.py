@@ -69,3 +69,6 @@ def test_held_out_family_sequences_are_evaluated_on_their_own(photo_dir, tmp_pat
                                   image_list=hpatches.image_names(root))
     res = hpatches.evaluate_features(root, feats)
     assert res["h"]["num_pairs"] == 5 and res["avg"]["num_pairs"] == 10
+    # and per family: the independently written night twice, the other families once
+    assert res["h:sensor_night"]["num_pairs"] == 2 and res["h:cast_shadow"]["num_pairs"] == 1
+    assert "h:sensor_night" in hpatches.format_table({"sift": res})
