@@ -53,10 +53,7 @@ def point_describer(model, conf: dict):
     name = conf["model"]["name"]
 
     def load(path, pts):
-        data = extract_features.load_image(path, pre)
-        image = data["image"][None]
-        scale = np.array(image.shape[-2:][::-1]) / data["original_size"]
-        return image, torch.from_numpy(((pts + 0.5) * scale - 0.5).astype(np.float32))[None]
+        return real_pairs.load_scaled(path, pre, pts)
 
     @torch.no_grad()
     def hndesc(path, pts):

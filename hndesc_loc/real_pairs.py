@@ -151,33 +151,43 @@ def annotated_point_retrieval(describe: Callable[[Path, np.ndarray], np.ndarray]
     describe(image_path, points [N,2] original pixels) -> L2-normalised descriptors [D,N].
     Returns {'pairs': {name: {'top1', 'top10', 'median_rank'}}, and 'top1', 'top10', 'median_rank'
     over all points}."""
-    from .io import read_image
+    from PIL import Image
 
-    out, hits, ranks = {}, [], []
+    out, ranks = {}, []
     for p in tqdm(wxbs, desc="annotated points", unit="pair", leave=False, disable=not progress):
-        pair_hits, pair_ranks = [], []
-        for (src, dst, cols) in (("image0", "image1", (0, 2)), ("image1", "image0", (2, 0))):
-            q_pts, t_pts = p["corrs"][:, cols[0]:cols[0] + 2], p["corrs"][:, cols[1]:cols[1] + 2]
-            h, w = read_image(p[dst]).shape[:2]
+        # Each image is described once, at its annotations and its grid; both directions reuse it.
+        points, grids, descs = [p["corrs"][:, :2], p["corrs"][:, 2:]], [], []
+        for key, pts in zip(("image0", "image1"), points):
+            with Image.open(p[key]) as im:  # the header is enough for the size
+                w, h = im.size
             ys, xs = np.mgrid[GRID_STEP_PX // 2:h:GRID_STEP_PX, GRID_STEP_PX // 2:w:GRID_STEP_PX]
-            grid = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
-            q = describe(p[src], q_pts)
-            t = describe(p[dst], np.concatenate([t_pts, grid]))
-            pos, neg = t[:, :len(t_pts)], t[:, len(t_pts):]
+            grids.append(np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64))
+            descs.append(describe(p[key], np.concatenate([pts, grids[-1]])))
+        n, pair_ranks = len(p["corrs"]), []
+        for a, b in ((0, 1), (1, 0)):
+            q, pos, neg = descs[a][:, :n], descs[b][:, :n], descs[b][:, n:]
             d_pos = 2 - 2 * (q * pos).sum(0)                      # [N]
             d_neg = 2 - 2 * q.T @ neg                             # [N,G]
-            far = np.linalg.norm(t_pts[:, None] - grid[None], axis=2) > EXCLUSION_PX
-            closer = ((d_neg < d_pos[:, None]) & far).sum(1)      # distractors beating the partner
-            pair_hits.append(closer == 0)
-            pair_ranks.append(closer)
-        pair_hits, pair_ranks = np.concatenate(pair_hits), np.concatenate(pair_ranks)
-        out[p["name"]] = {"top1": float(pair_hits.mean()), "top10": float((pair_ranks < 10).mean()),
+            far = np.linalg.norm(points[b][:, None] - grids[b][None], axis=2) > EXCLUSION_PX
+            pair_ranks.append(((d_neg < d_pos[:, None]) & far).sum(1))  # distractors beating the partner
+        pair_ranks = np.concatenate(pair_ranks)
+        out[p["name"]] = {"top1": float((pair_ranks == 0).mean()), "top10": float((pair_ranks < 10).mean()),
                           "median_rank": float(np.median(pair_ranks))}
-        hits.append(pair_hits)
         ranks.append(pair_ranks)
-    hits, ranks = np.concatenate(hits), np.concatenate(ranks)
-    return {"pairs": out, "top1": float(hits.mean()), "top10": float((ranks < 10).mean()),
+    ranks = np.concatenate(ranks)
+    return {"pairs": out, "top1": float((ranks == 0).mean()), "top10": float((ranks < 10).mean()),
             "median_rank": float(np.median(ranks))}
+
+
+def load_scaled(path: Path, preprocessing: dict, points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image [1,C,H,W] as `preprocessing` resizes it, and points [N,2] given in original pixels
+    moved to that resolution ([1,N,2], pixel-centre convention)."""
+    from .extract_features import load_image
+
+    data = load_image(path, preprocessing)
+    image = data["image"][None]
+    scale = np.array(image.shape[-2:][::-1]) / data["original_size"]
+    return image, torch.from_numpy(((points + 0.5) * scale - 0.5).astype(np.float32))[None]
 
 
 def evd_maa(errors: list[float]) -> float:

@@ -38,11 +38,8 @@ def real_pair_scores(net, root: Path, size: int, device: torch.device) -> dict:
                 "image_size": data["original_size"]}
 
     def describe(path: Path, points: np.ndarray) -> np.ndarray:
-        data = load_image(path, {"resize_max": size})
-        image = data["image"][None]
-        scale = np.array(image.shape[-2:][::-1]) / data["original_size"]
-        kp = torch.from_numpy(((points + 0.5) * scale - 0.5).astype(np.float32))[None].to(device)
-        return net.describe(net(image.to(device)), kp)[0].float().cpu().numpy()
+        image, kp = real_pairs.load_scaled(path, {"resize_max": size}, points)
+        return net.describe(net(image.to(device)), kp.to(device))[0].float().cpu().numpy()
 
     r = real_pairs.evaluate(features, evd, wxbs, progress=False)
     top10 = real_pairs.annotated_point_retrieval(describe, wxbs, progress=False)["top10"]

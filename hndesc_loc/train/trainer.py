@@ -296,15 +296,7 @@ class Trainer:
         val_keys = ["val_ap", "real_score", "evd_maa", "wxbs_maa", "points_top10", self.val_name]
         header = ["step", *self.log_keys, "lr", *val_keys, "elapsed_s"]
         if not new_log and self.rank == 0:
-            with open(log_path) as f:
-                if next(csv.reader(f), None) != header:
-                    # A run resumed by a version that logs other columns: keep its log beside.
-                    kept = log_path.with_name(f"log.before_step{self.step}.csv")
-                    n = 1
-                    while kept.exists():
-                        kept, n = log_path.with_name(f"log.before_step{self.step}.{n}.csv"), n + 1
-                    log_path.rename(kept)
-                    new_log = True
+            new_log = keep_log_of_other_columns(log_path, header, self.step)
         # Processes other than rank 0 (torchrun) neither log nor save.
         log = open(log_path if self.rank == 0 else os.devnull, "w" if new_log else "a", newline="")
         writer = csv.writer(log)
@@ -377,6 +369,19 @@ class Trainer:
         log.close()
         logger.info("Done: step %d, best %s %.4f, %.1f s.", self.step, self.val_name, self.best_val, time.time() - start)
         return self.best_val
+
+
+def keep_log_of_other_columns(log_path: Path, header: list[str], step: int) -> bool:
+    """A run resumed by a version that logs other columns: move its log aside (never over
+    another) and say so, so that a new log starts. False when the header matches."""
+    with open(log_path) as f:
+        if next(csv.reader(f), None) == header:
+            return False
+    kept, n = log_path.with_name(f"log.before_step{step}.csv"), 1
+    while kept.exists():
+        kept, n = log_path.with_name(f"log.before_step{step}.{n}.csv"), n + 1
+    log_path.rename(kept)
+    return True
 
 
 def resolve_device(name: str) -> torch.device:
