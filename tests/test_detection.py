@@ -115,6 +115,27 @@ def test_joint_needs_a_trained_head():
         HNDescJoint({"weights": str(SHIPPED_WEIGHTS["lite"])})
 
 
+def test_descriptor_stage_checkpoint_does_not_pass_for_a_trained_detector(tmp_path):
+    """The descriptor stage saves the whole network, its never-trained detection head included:
+    neither the checkpoint nor its export may load as `hndesc_joint` weights."""
+    from hndesc_loc.models.hndesc import HNDescJoint
+    from hndesc_loc.models.network import HNDescNet, load_checkpoint
+    from hndesc_loc.train.trainer import default_conf, export_weights
+
+    net = HNDescNet("lite")
+    for stage, trained in (("descriptor", False), ("detector", True)):
+        ckpt = tmp_path / f"{stage}.pt"
+        torch.save({"model": net.state_dict(), "backbone": "lite", "config": {**default_conf, "stage": stage},
+                    "step": 1, "best_val": 0.5}, ckpt)
+        export_weights(ckpt, tmp_path / f"{stage}_export.pt", half=True)
+        for path in (ckpt, tmp_path / f"{stage}_export.pt"):
+            assert load_checkpoint(path).has_trained_detector is trained, (stage, path)
+        exported = torch.load(tmp_path / f"{stage}_export.pt", weights_only=False)["model"]
+        assert any(k.startswith("detection_head.") for k in exported) is trained
+    with pytest.raises(ValueError, match="no trained detection head"):
+        HNDescJoint({"weights": str(tmp_path / "descriptor_export.pt")})
+
+
 def _two_views(night: bool):
     """astronaut (never trained on) and a homographic second view, optionally rendered at night."""
     import cv2
@@ -145,10 +166,11 @@ def test_joint_detects_repeatable_matchable_keypoints(night):
         f.append({"keypoints": p["keypoints"][0].numpy(), "descriptors": p["descriptors"][0].numpy(),
                   "image_size": np.array([384, 384])})
     m = pair_metrics(f[0], f[1], H, (384, 384))
-    # Measured: trained day/night MMA@3 0.90/0.78, 394/256 correct, corner error 0.7/0.6 px;
-    # a random head 0.74/0.68, 256/152, 2.1/3.0 px.
+    # A random head scores MMA@3 0.74 / 0.68 (day / night), 256 / 152 correct matches and a
+    # corner error of 2.1 / 3.0 px: the bounds sit between that and the trained heads (the
+    # shipped head's figures on this pair are in its model card).
     assert m["keypoints"] > 300 and m["rep3"] > (0.5 if night else 0.65), m
-    assert m["mma"][2] > (0.74 if night else 0.86) and m["correct3"] > (210 if night else 340), m
+    assert m["mma"][2] > (0.72 if night else 0.80) and m["correct3"] > (200 if night else 300), m
     assert m["corner_error"] < 1.5, m
 
 

@@ -41,9 +41,9 @@ def test_aachen_pipeline_localizes_day_and_night(scene, aachen_run):
 
 
 def test_aachen_pipeline_with_hndesc_joint(scene, tmp_path):
-    """HNDesc's own detector (hndesc_joint) instead of SIFT keypoints. Measured here: day
-    75 / 75 / 100 (median 0.135 m, 0.49 deg), night 83 / 83 / 100 (0.166 m, 0.53 deg); its
-    keypoints are less precisely placed than SIFT's, hence wider bounds than `hndesc`'s."""
+    """HNDesc's own detector (hndesc_joint) instead of SIFT keypoints. Its keypoints are less
+    precisely placed than SIFT's (figures on this scene: README, "Localization"), hence wider
+    bounds than `hndesc`'s."""
     from pipelines import aachen
 
     out = aachen.run(scene["aachen"], tmp_path, num_covis=10, num_loc=8, feature_conf="hndesc_joint")

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from hndesc_loc.train import losses
-from hndesc_loc.train.synthesis import (color_transfer, default_homography_conf, random_homography, render_night,
-                                        warp_points)
+from hndesc_loc.train.synthesis import (color_transfer, default_homography_conf, lift_night, make_pair,
+                                        random_homography, render_night, warp_points)
 
 
 def test_warp_points_follows_warp_perspective():
@@ -48,6 +48,41 @@ def test_night_and_transfer_change_appearance():
     style[..., 2] = 0.8
     out = color_transfer(img, style)
     assert out[..., 2].mean() > out[..., 0].mean() + 0.2
+
+
+def test_lifted_night_is_bright_noisy_and_keeps_the_scene():
+    """The second night model: a dark frame lifted by auto-exposure keeps the scene's structure,
+    is bright again, and carries the dark frame's noise amplified (a smooth scene gets grainy)."""
+    from skimage.data import astronaut
+
+    rng = np.random.default_rng(0)
+    img = astronaut()[::2, ::2].astype(np.float32) / 255
+    dark = render_night(rng, img)
+    lifted = lift_night(rng, dark)
+    assert lifted.shape == img.shape and lifted.dtype == np.float32
+    assert 0 <= lifted.min() and lifted.max() <= 1
+    assert np.percentile(lifted, 99.5) > 0.7 and np.median(lifted) > 2 * np.median(dark)
+    assert np.corrcoef(lifted.mean(-1).ravel(), img.mean(-1).ravel())[0, 1] > 0.6
+    flat = np.full((64, 64, 3), 0.5, np.float32)
+    grain = [lift_night(np.random.default_rng(s), render_night(np.random.default_rng(s), flat)).std()
+             for s in range(8)]
+    assert np.mean(grain) > 3 * np.mean([render_night(np.random.default_rng(s), flat).std() for s in range(8)])
+
+
+def test_make_pair_lifts_the_configured_share_of_nights():
+    from skimage.data import astronaut
+
+    img = astronaut().astype(np.float32) / 255
+    conf = default_homography_conf
+    from hndesc_loc.train.synthesis import default_photometric_conf as pconf
+
+    def night_brightness(share):
+        rng = np.random.default_rng(3)
+        return np.array([np.percentile(make_pair(rng, img, 128, conf, pconf, night_prob=1.0,
+                                                 lifted_night_share=share)["image1"], [50, 99.5]) for _ in range(12)])
+
+    dark, lifted = night_brightness(0.0), night_brightness(1.0)
+    assert lifted[:, 1].min() > 0.7 and np.median(lifted[:, 0]) > 2 * np.median(dark[:, 0])
 
 
 def test_pair_keypoints_correspond():

@@ -63,6 +63,15 @@ def _extract_state_dict(ckpt) -> dict:
     raise ValueError("checkpoint holds no state dict (expected a 'model' or 'state_dict' entry)")
 
 
+def without_untrained_heads(state: dict, config: dict | None) -> dict:
+    """The state dict less the detection head when `config` (the training conf stored with a
+    checkpoint) is of the descriptor stage: that stage never trains the head, its weights there
+    are an initialisation and must not pass for a trained detector."""
+    if isinstance(config, dict) and config.get("stage") == "descriptor":
+        return {k: v for k, v in state.items() if not k.startswith("detection_head.")}
+    return state
+
+
 def load_checkpoint(path: str | Path, backbone: str | None = None) -> HNDescNet:
     """Load our checkpoints (`{'model', 'backbone', ...}`), HNDesc release checkpoints
     (backbone keys under `state_dict`) or CAPS release checkpoints (same with `net.`).
@@ -82,6 +91,7 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> HNDescNet:
         raise ValueError(f"{path}: {e}") from e
     if state and all(k.startswith("net.") for k in state):
         state = {k[len("net."):]: v for k, v in state.items()}
+    state = without_untrained_heads(state, ckpt.get("config") if isinstance(ckpt, dict) else None)
     if backbone is None:
         backbone = ckpt.get("backbone", "caps") if isinstance(ckpt, dict) else "caps"
     net = HNDescNet(backbone)

@@ -121,7 +121,7 @@ class PairDataset(torch.utils.data.Dataset):
         pair = make_pair(rng, self.load(source), c["crop_size"], c["homography"], c["photometric"],
                          stylized=self.load(styl) if use_styl else None, style_source=style,
                          night_prob=c["night_prob"], transfer_prob=c["transfer_prob"],
-                         appearance_fn=appearance_fn)
+                         appearance_fn=appearance_fn, lifted_night_share=c["lifted_night_share"])
         kp0 = self.keypoints(rng, pair["image0"])
         kp1 = warp_points(pair["H"], kp0)
         valid = np.all(np.isfinite(kp1) & (kp1 >= 0) & (kp1 <= c["crop_size"] - 1), 1)

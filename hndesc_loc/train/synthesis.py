@@ -145,14 +145,30 @@ def render_night(rng: np.random.Generator, img: np.ndarray, strength: float = 1.
     return out.astype(np.float32)
 
 
+def lift_night(rng: np.random.Generator, dark: np.ndarray) -> np.ndarray:
+    """What a camera's auto-exposure makes of a dark frame: `dark` [H,W,3] (an 8-bit night
+    rendering, e.g. `render_night`) scaled up to a bright percentile, a tone curve that lifts the
+    shadows, an optional in-camera denoising blur and JPEG coding. The noise and the quantisation
+    banding of the dark frame are amplified with the signal, as in real night photos."""
+    gain = np.clip(rng.uniform(0.8, 1.0) / max(float(np.percentile(dark, 99.5)), 1e-3), 1.0, 25.0)
+    out = np.clip(dark * gain, 0, 1) ** (1 / rng.uniform(1.2, 2.2))
+    if rng.random() < 0.5:
+        out = cv2.GaussianBlur(out.astype(np.float32), (0, 0), rng.uniform(0.4, 1.0))
+    ok, buf = cv2.imencode(".jpg", (np.clip(out, 0, 1) * 255).round().astype(np.uint8),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 91))])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
+
+
 def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dict, pconf: dict,
               stylized: np.ndarray | None = None, style_source: np.ndarray | None = None,
-              night_prob: float = 0.35, transfer_prob: float = 0.25, appearance_fn=None) -> dict:
+              night_prob: float = 0.35, transfer_prob: float = 0.25, appearance_fn=None,
+              lifted_night_share: float = 0.0) -> dict:
     """One training pair from `image` [H,W,3]: a random crop A, a homographic second view B.
 
     Returns {'image0', 'image1' (float32 [size,size,3]), 'H' (A->B, 3x3), 'appearance' (str)}.
     The pixels of B come from `stylized` (same geometry as `image`) when given.
     `appearance_fn(rng, image1) -> (image1, name)`, when given, is the only appearance change of B.
+    `lifted_night_share`: share of the night views that the camera lifts back up (`lift_night`).
     """
     h, w = image.shape[:2]
     if min(h, w) < size:
@@ -175,6 +191,8 @@ def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dic
                 "appearance": appearance}
     if stylized is None and r < night_prob:
         image1, appearance = render_night(rng, image1), "night"
+        if lifted_night_share > 0 and rng.random() < lifted_night_share:
+            image1 = lift_night(rng, image1)
     elif stylized is None and style_source is not None and r < night_prob + transfer_prob:
         if rng.random() < 0.5:
             image1, appearance = color_transfer(image1, style_source, rng.uniform(0.6, 1.0)), "transfer"

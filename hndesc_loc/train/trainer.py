@@ -48,6 +48,7 @@ default_conf = {
                                    # (the official MegaDepthDataset: random > 0.3)
         "night_prob": 0.35,        # share of second views rendered at night (no stylized copy)
         "transfer_prob": 0.25,     # share with Reinhard colour transfer from another image
+        "lifted_night_share": 0.0, # share of night views lifted back up by a simulated auto-exposure
         "num_val_pairs": 64,
         "cache_size": 64,          # decoded images kept per process (memory is flat in the data set size)
     },
@@ -397,8 +398,11 @@ def resolve_device(name: str) -> torch.device:
 def export_weights(checkpoint: Path, output: Path, half: bool = False) -> dict:
     """Strip a training checkpoint to what extraction needs (model, backbone, config, step, val
     score); `half` stores the weights in fp16 (loading casts them back to float32)."""
+    from ..models.network import without_untrained_heads
+
     ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
-    model = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()} if half else ckpt["model"]
+    model = without_untrained_heads(ckpt["model"], ckpt["config"])
+    model = {k: v.half() if v.is_floating_point() else v for k, v in model.items()} if half else model
     small = {"model": model, "backbone": ckpt["backbone"], "config": ckpt["config"],
              "step": ckpt["step"], "val_ap": ckpt["best_val"]}
     output.parent.mkdir(parents=True, exist_ok=True)
