@@ -89,9 +89,15 @@ def photometric(rng: np.random.Generator, img: np.ndarray, conf: dict) -> np.nda
         img = img * (1 - rng.uniform(0, conf["vignette"]) * np.clip(2 * r2, 0, 1))[..., None]
     img = np.clip(img, 0, 1).astype(np.float32)
     if rng.random() < conf["jpeg_prob"]:
-        ok, buf = cv2.imencode(".jpg", (img * 255).round().astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 91))])
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
+        img = jpeg_roundtrip(img, int(rng.integers(30, 91)))
     return img
+
+
+def jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
+    """`img` float [H,W,3] in [0,1] coded as 8-bit JPEG at `quality` and decoded -> float32."""
+    ok, buf = cv2.imencode(".jpg", (np.clip(img, 0, 1) * 255).round().astype(np.uint8),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
 
 
 def color_transfer(img: np.ndarray, style: np.ndarray, strength: float = 1.0) -> np.ndarray:
@@ -154,9 +160,7 @@ def lift_night(rng: np.random.Generator, dark: np.ndarray) -> np.ndarray:
     out = np.clip(dark * gain, 0, 1) ** (1 / rng.uniform(1.2, 2.2))
     if rng.random() < 0.5:
         out = cv2.GaussianBlur(out.astype(np.float32), (0, 0), rng.uniform(0.4, 1.0))
-    ok, buf = cv2.imencode(".jpg", (np.clip(out, 0, 1) * 255).round().astype(np.uint8),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 91))])
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
+    return jpeg_roundtrip(out, int(rng.integers(40, 91)))
 
 
 def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dict, pconf: dict,
