@@ -37,6 +37,20 @@ def show_samples(trainer, path: Path, n: int = 8):
     logger.info("Wrote training samples to %s", path)
 
 
+def trainer_class(conf: dict) -> type:
+    """The trainer of a config's `stage`: 'descriptor' (default) or 'detector'."""
+    stage = conf.get("stage", "descriptor")
+    if stage == "detector":
+        from .detector_trainer import DetectorTrainer
+
+        return DetectorTrainer
+    if stage == "descriptor":
+        from .trainer import Trainer
+
+        return Trainer
+    raise ValueError(f"Unknown stage '{stage}' in the train config: use 'descriptor' or 'detector'.")
+
+
 def main(argv=None):
     parser = Parser(description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
@@ -47,12 +61,7 @@ def main(argv=None):
     if not args.config.is_file():
         raise FileNotFoundError(f"Config {args.config} does not exist.")
     conf = parse_overrides(yaml.safe_load(args.config.read_text()) or {}, args.overrides)
-    if conf.get("stage", "descriptor") == "detector":
-        from .detector_trainer import DetectorTrainer as TrainerClass
-    else:
-        from .trainer import Trainer as TrainerClass
-
-    trainer = TrainerClass(conf)
+    trainer = trainer_class(conf)(conf)
     if args.show_samples:
         show_samples(trainer, trainer.out / "samples.png")
         return
