@@ -374,8 +374,9 @@ TRAIN_CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs" / "tr
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
 def test_train_configs_merge_strictly_and_start_from_committed_weights(path):
-    """Every recorded run's config still parses (no key renamed or dropped since) and its
-    starting point is in the repository, so the model cards' commands reproduce."""
+    """Every recorded run's config still parses (no key renamed or dropped since) and a starting
+    point given as a path is committed (runs that started from the shipped files of their day
+    say in a comment how to get those back from git history)."""
     import yaml
 
     from hndesc_loc.train.__main__ import trainer_class
