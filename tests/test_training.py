@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hndesc_loc.train import losses
-from hndesc_loc.train.synthesis import (color_transfer, default_homography_conf, lift_night, make_pair,
-                                        random_homography, render_night, warp_points)
+from hndesc_loc.train.synthesis import (color_transfer, default_homography_conf, default_photometric_conf,
+                                        lift_night, make_pair, random_homography, render_night, warp_points)
 
 
 def test_warp_points_follows_warp_perspective():
@@ -75,12 +75,11 @@ def test_make_pair_lifts_the_configured_share_of_nights():
     from skimage.data import astronaut
 
     img = astronaut().astype(np.float32) / 255
-    conf = default_homography_conf
-    from hndesc_loc.train.synthesis import default_photometric_conf as pconf
 
     def night_brightness(share):
         rng = np.random.default_rng(3)
-        return np.array([np.percentile(make_pair(rng, img, 128, conf, pconf, night_prob=1.0,
+        return np.array([np.percentile(make_pair(rng, img, 128, default_homography_conf, default_photometric_conf,
+                                                 night_prob=1.0,
                                                  lifted_night_share=share)["image1"], [50, 99.5]) for _ in range(12)])
 
     dark, lifted = night_brightness(0.0), night_brightness(1.0)
