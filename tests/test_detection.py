@@ -66,25 +66,34 @@ def test_reliability_loss_pushes_towards_ap_above_kappa():
     assert rel.grad[0] < 0 < rel.grad[1]   # raise R where AP > kappa, lower it elsewhere
 
 
-def test_detector_training_fits_the_head_and_freezes_the_rest(tmp_path):
-    from hndesc_loc.train.detector_trainer import DetectorTrainer
-
-    conf = {"output_dir": str(tmp_path), "data": {"builtin": ["brick", "camera", "coins"],
+def small_detector_conf(tmp_path, **detection) -> dict:
+    """A detector-stage conf small enough for a test: three textures, 128 px crops, no kNN batches."""
+    return {"output_dir": str(tmp_path), "data": {"builtin": ["brick", "camera", "coins"],
                                                   "val_builtin": ["astronaut"], "num_val_pairs": 8,
                                                   "crop_size": 128, "num_keypoints": 16},
             "coarse_to_fine": {"enabled": False}, "batch_size": 2, "iterations": 2,
-            "detection": {"num_points": 64, "patch_size": 8}, "threads": 1}
-    t = DetectorTrainer(conf)
+            "detection": {"num_points": 64, "patch_size": 8, **detection}, "threads": 1}
+
+
+def fit_batch(trainer, batch: dict, steps: int) -> tuple[dict, dict]:
+    """Outputs of `forward` on one batch before and after `steps` optimizer steps on it."""
+    trainer.set_train_mode()
+    first = trainer.forward(batch)
+    for _ in range(steps):
+        out = trainer.forward(batch)
+        trainer.optimizer.zero_grad()
+        out["total"].backward()
+        trainer.optimizer.step()
+    return first, trainer.forward(batch)
+
+
+def test_detector_training_fits_the_head_and_freezes_the_rest(tmp_path):
+    from hndesc_loc.train.detector_trainer import DetectorTrainer
+
+    t = DetectorTrainer(small_detector_conf(tmp_path))
     frozen = {k: v.clone() for k, v in t.net.state_dict().items() if not k.startswith("detection_head.")}
     batch = t.dataset.batch(np.random.default_rng(0), [0, 1])
-    t.set_train_mode()
-    first = t.forward(batch)
-    for _ in range(25):
-        out = t.forward(batch)
-        t.optimizer.zero_grad()
-        out["total"].backward()
-        t.optimizer.step()
-    last = t.forward(batch)
+    first, last = fit_batch(t, batch, 25)
     assert math.isfinite(float(last["loss"]))
     assert float(last["loss"]) < float(first["loss"]) - 0.05, (first, last)
     assert all(torch.equal(v, t.net.state_dict()[k]) for k, v in frozen.items())
@@ -92,6 +101,43 @@ def test_detector_training_fits_the_head_and_freezes_the_rest(tmp_path):
     assert (tmp_path / "best_val.pt").exists()
     header = (tmp_path / "log.csv").read_text().splitlines()[0]
     assert header.startswith("step,loss,cosim,peaky,reliability,ap,lr,") and "val_correct" in header
+
+
+@pytest.mark.parametrize("mode,train_head", [("mlp", True), ("all", True), ("mlp", False)])
+def test_descriptor_co_training_at_the_heads_detections(tmp_path, mode, train_head):
+    """detection.descriptor.train: the descriptor's AP at the head's own detections rises on a
+    fixed batch; 'mlp' moves only the descriptor MLP (and the head unless train_head=false),
+    'all' the backbone too; the global head never moves."""
+    from hndesc_loc.train.detector_trainer import DetectorTrainer
+
+    t = DetectorTrainer(small_detector_conf(tmp_path, train_head=train_head,
+                                            descriptor={"train": mode, "num_keypoints": 96}))
+    before = {k: v.clone() for k, v in t.net.state_dict().items()}
+    batch = t.dataset.batch(np.random.default_rng(0), [0, 1])
+    first, out = fit_batch(t, batch, 20)
+    assert float(out["desc_ap"]) > float(first["desc_ap"]) + 0.05, (first, out)
+    moved = {k for k, v in t.net.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])}
+    assert any(k.startswith("detection_head.") for k in moved) is train_head
+    assert any(k.startswith("backbone.head.") for k in moved)
+    assert not any(k.startswith("global_head.") for k in moved)
+    encoder = {k for k in moved if k.startswith("backbone.") and not k.startswith("backbone.head.")}
+    assert bool(encoder) is (mode == "all"), sorted(encoder)[:5]
+    t.train()
+    header = (tmp_path / "log.csv").read_text().splitlines()[0]
+    assert header.startswith("step,loss,cosim,peaky,reliability,ap,desc_ap,lr,")
+
+
+def test_unknown_descriptor_training_mode_is_a_clear_error(tmp_path):
+    from hndesc_loc.train.detector_trainer import DetectorTrainer
+
+    conf = {"output_dir": str(tmp_path), "data": {"builtin": ["brick"], "val_builtin": ["astronaut"],
+                                                  "num_val_pairs": 8, "crop_size": 96},
+            "detection": {"descriptor": {"train": "backbone"}}, "threads": 1}
+    with pytest.raises(ValueError, match="detection.descriptor.train='backbone'"):
+        DetectorTrainer(conf)
+    conf["detection"] = {"train_head": False}
+    with pytest.raises(ValueError, match="trains nothing"):
+        DetectorTrainer(conf)
 
 
 def test_repeatability_only_keeps_reliability_at_one(tmp_path):
@@ -171,7 +217,9 @@ def test_joint_detects_repeatable_matchable_keypoints(night):
     # shipped head's figures on this pair are in its model card).
     assert m["keypoints"] > 300 and m["rep3"] > (0.5 if night else 0.65), m
     assert m["mma"][2] > (0.72 if night else 0.80) and m["correct3"] > (200 if night else 300), m
-    assert m["corner_error"] < 1.5, m
+    # One RANSAC on one pair: trained heads range 0.5-1.7 px here (the night figure moves by
+    # 0.7 px between heads of equal MMA), a random head's night figure is 2.75-3.0 px.
+    assert m["corner_error"] < (2.0 if night else 1.5), m
 
 
 def test_joint_extraction_hloc_format_and_as_detector(photo_dir, tmp_path):
@@ -190,8 +238,10 @@ def test_joint_extraction_hloc_format_and_as_detector(photo_dir, tmp_path):
         assert len(kp) > 100 and np.all(np.diff(sc.astype(np.float32)) <= 1e-3)
         assert np.all(kp >= 0) and np.all(kp <= size - 1)
         assert g["keypoints"].attrs["uncertainty"] > 0
-        # The same head used as the detector of the `hndesc` model gives the same features.
-        assert np.allclose(fd2["a.jpg/keypoints"][()], kp) and np.allclose(fd2["a.jpg/descriptors"][()], desc, atol=2e-3)
+        # The same head used as the detector of the `hndesc` model gives the same keypoints; the
+        # descriptors are `hndesc`'s own (the joint file's descriptor MLP is tuned for its head).
+        assert np.allclose(fd2["a.jpg/keypoints"][()], kp)
+        assert fd2["a.jpg/descriptors"].shape == desc.shape
 
 
 def test_detector_stage_on_caps(tmp_path):

@@ -1,9 +1,14 @@
-"""Training of the detection head (stage 'detector') on a frozen, trained HNDesc network.
+"""Training of the detection head (stage 'detector') on a trained HNDesc network.
 
-The descriptor, its backbone and the global head stay as they are (so `hndesc_joint`
-describes exactly like `hndesc`); only the detection head learns, from the same synthetic
+By default the descriptor, its backbone and the global head stay frozen (so `hndesc_joint`
+describes exactly like the network it starts from); only the detection head learns, from the same synthetic
 pairs as the descriptor (homographies, colour changes, night rendering, colour transfer),
 with R2D2's repeatability + reliability objective (see detection_losses.py and the model card).
+
+`detection.descriptor.train` ('mlp' or 'all') also fine-tunes the descriptor for the head's own
+keypoints: the AP loss is then taken at the head's detections (dense, a few pixels apart) rather
+than at the SIFT keypoints the descriptor stage uses, so that nearby detections stop being
+confused with each other. The global head always stays frozen.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from ..models.detection import detect_keypoints
 from ..models.network import HNDescNet, load_network
 from ..models.sampling import sample_features
 from .detection_losses import cosim_loss, peaky_loss, reliability_loss, warp_map
-from .losses import candidate_lists, exact_ap_single_positive
+from .losses import candidate_lists, descriptor_loss, exact_ap_single_positive
 from .synthesis import warp_points
 from .trainer import Trainer, default_conf
 
@@ -33,13 +38,20 @@ default_detector_conf = {
         "border": 8,                 # px kept free of those points
         "val_keypoints": 300,        # keypoints per crop in validation
         "nms_radius": 2,
+        "train_head": True,          # False: the head stays as loaded (with descriptor.train: only the descriptor learns)
+        "descriptor": {
+            "train": "none",         # none (frozen) | mlp (the descriptor MLP) | all (backbone + MLP)
+            "weight": 1.0,           # weight of its AP loss next to the head's losses
+            "num_keypoints": 384,    # head detections per crop (view 0) where the AP loss is taken
+            "nms_radius": 1,         # NMS of those detections (hndesc_joint's inference default)
+        },
     },
 }
+DESCRIPTOR_TRAIN_MODES = ("none", "mlp", "all")
 
 
 class DetectorTrainer(Trainer):
     default_conf = default_detector_conf
-    log_keys = ("loss", "cosim", "peaky", "reliability", "ap")
     val_name = "val_correct"   # correct (3 px) mutual matches per validation pair
 
     def build_network(self) -> HNDescNet:
@@ -50,7 +62,15 @@ class DetectorTrainer(Trainer):
         for p in net.parameters():
             p.requires_grad_(False)
         for p in net.detection_head.parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(self.conf["detection"]["train_head"])
+        mode = self.conf["detection"]["descriptor"]["train"]
+        if mode not in DESCRIPTOR_TRAIN_MODES:
+            raise ValueError(f"detection.descriptor.train='{mode}': use one of {DESCRIPTOR_TRAIN_MODES}.")
+        if mode != "none":
+            for p in (net.backbone.head if mode == "mlp" else net.backbone).parameters():
+                p.requires_grad_(True)
+        if not self.conf["detection"]["train_head"] and mode == "none":
+            raise ValueError("detection.train_head=false with detection.descriptor.train=none trains nothing.")
         if self.conf["detection"]["reliability_weight"] == 0:
             # Untrained reliability would multiply the scores by noise: make it constant 1.
             # The loss never reaches these outputs, so they stay fixed.
@@ -61,11 +81,17 @@ class DetectorTrainer(Trainer):
         return net
 
     def trainable_parameters(self):
-        return self.net.detection_head.parameters()
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    @property
+    def log_keys(self) -> tuple:
+        extra = ("desc_ap",) if self.conf["detection"]["descriptor"]["train"] != "none" else ()
+        return ("loss", "cosim", "peaky", "reliability", "ap", *extra)
 
     def set_train_mode(self):
         self.net.eval()   # frozen BatchNorm statistics of the descriptor network
-        self.net.detection_head.train()
+        if self.conf["detection"]["train_head"]:
+            self.net.detection_head.train()
 
     def uniform_points(self, B: int, size: int) -> torch.Tensor:
         c = self.conf["detection"]
@@ -76,7 +102,8 @@ class DetectorTrainer(Trainer):
         c = self.conf["detection"]
         images = torch.cat([batch["image0"], batch["image1"]])
         B, size = batch["image0"].shape[0], images.shape[-2:]
-        with torch.no_grad():
+        train_backbone = c["descriptor"]["train"] == "all"
+        with torch.set_grad_enabled(train_backbone):
             feats = self.net(images)
         logits = self.net.detection_head(feats, size)
         rep, rel = torch.sigmoid(logits["repeatability"]), torch.sigmoid(logits["reliability"])
@@ -92,7 +119,8 @@ class DetectorTrainer(Trainer):
         kp1 = torch.from_numpy(np.stack([warp_points(h, k) for h, k in zip(H.double().numpy(), kp0.double().numpy())])).float()
         valid = ((kp1 >= 0) & (kp1 <= size[-1] - 1)).all(-1)
         with torch.no_grad():
-            d = self.net.describe(feats, torch.cat([kp0, kp1]))
+            d = self.net.describe({k: v.detach() if torch.is_tensor(v) else v for k, v in feats.items()},
+                                  torch.cat([kp0, kp1]))
         r = sample_features(rel, torch.cat([kp0, kp1]), 1)[:, 0]   # [2B,K]
         lc = self.conf["loss"]
         rel_losses, aps = [], []
@@ -104,8 +132,33 @@ class DetectorTrainer(Trainer):
             aps.append(ap.mean())
         reliability = sum(rel_losses) / 2
         total = c["cosim_weight"] * cosim + c["peaky_weight"] * peaky + c["reliability_weight"] * reliability
-        return {"total": total, "loss": total.detach(), "cosim": cosim.detach(), "peaky": peaky.detach(),
-                "reliability": reliability.detach(), "ap": sum(aps) / 2}
+        out = {"cosim": cosim.detach(), "peaky": peaky.detach(), "reliability": reliability.detach(),
+               "ap": sum(aps) / 2}
+        if c["descriptor"]["train"] != "none":
+            desc = self.descriptor_loss_at_detections(feats, rep.detach() * rel.detach(), batch)
+            total = total + c["descriptor"]["weight"] * desc["loss"]
+            out["desc_ap"] = desc["ap"]
+        return {"total": total, "loss": total.detach(), **out}
+
+    def descriptor_loss_at_detections(self, feats: dict, scores: torch.Tensor, batch: dict) -> dict:
+        """The descriptor stage's AP loss at the head's detections in view 0 (scores [2B,1,H,W]),
+        topped up with uniform points when a crop has fewer peaks, and their warps in view 1."""
+        c = self.conf["detection"]["descriptor"]
+        B, size = batch["image0"].shape[0], scores.shape[-1]
+        border = self.conf["detection"]["border"]
+        kpts, _ = detect_keypoints(scores[:B], c["nms_radius"], 0.0, c["num_keypoints"], border, None)
+        kp0 = torch.zeros(B, c["num_keypoints"], 2)
+        for i, k in enumerate(kpts):
+            n = len(k)
+            kp0[i, :n] = k
+            if n < c["num_keypoints"]:
+                kp0[i, n:] = torch.from_numpy(self.rng.uniform(border, size - 1 - border, (c["num_keypoints"] - n, 2)))
+        kp1 = torch.from_numpy(np.stack([warp_points(h, k) for h, k in zip(batch["H"].double().numpy(),
+                                                                           kp0.double().numpy())])).float()
+        valid = (torch.isfinite(kp1) & (kp1 >= 0) & (kp1 <= size - 1)).all(-1)
+        kp1 = torch.where(valid[..., None], kp1, torch.zeros_like(kp1))
+        d = self.net.describe(feats, torch.cat([kp0, kp1]))
+        return descriptor_loss(d[:B], d[B:], kp0, kp1, valid, batch["index"], self.conf["loss"])
 
     @torch.no_grad()
     def validate(self) -> dict:
