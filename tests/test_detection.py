@@ -130,14 +130,10 @@ def test_descriptor_co_training_at_the_heads_detections(tmp_path, mode, train_he
 def test_unknown_descriptor_training_mode_is_a_clear_error(tmp_path):
     from hndesc_loc.train.detector_trainer import DetectorTrainer
 
-    conf = {"output_dir": str(tmp_path), "data": {"builtin": ["brick"], "val_builtin": ["astronaut"],
-                                                  "num_val_pairs": 8, "crop_size": 96},
-            "detection": {"descriptor": {"train": "backbone"}}, "threads": 1}
     with pytest.raises(ValueError, match="detection.descriptor.train='backbone'"):
-        DetectorTrainer(conf)
-    conf["detection"] = {"train_head": False}
+        DetectorTrainer(small_detector_conf(tmp_path, descriptor={"train": "backbone"}))
     with pytest.raises(ValueError, match="trains nothing"):
-        DetectorTrainer(conf)
+        DetectorTrainer(small_detector_conf(tmp_path, train_head=False))
 
 
 def test_repeatability_only_keeps_reliability_at_one(tmp_path):

@@ -50,6 +50,15 @@ default_detector_conf = {
 DESCRIPTOR_TRAIN_MODES = ("none", "mlp", "all")
 
 
+def warp_into_view1(H: torch.Tensor, kp0: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points kp0 [B,K,2] of view 0 through H [B,3,3] into a size x size view 1 -> (kp1 [B,K,2],
+    valid [B,K]); points that leave the view are set to 0 (finite: NaN would leak through masks)."""
+    kp1 = torch.from_numpy(np.stack([warp_points(h, k) for h, k in zip(H.double().numpy(),
+                                                                       kp0.double().numpy())])).float()
+    valid = (torch.isfinite(kp1) & (kp1 >= 0) & (kp1 <= size - 1)).all(-1)
+    return torch.where(valid[..., None], kp1, torch.zeros_like(kp1)), valid
+
+
 class DetectorTrainer(Trainer):
     default_conf = default_detector_conf
     val_name = "val_correct"   # correct (3 px) mutual matches per validation pair
@@ -116,8 +125,7 @@ class DetectorTrainer(Trainer):
 
         # Reliability: the frozen descriptor's AP at uniform points, in-pair + in-batch negatives.
         kp0 = self.uniform_points(B, size[-1])
-        kp1 = torch.from_numpy(np.stack([warp_points(h, k) for h, k in zip(H.double().numpy(), kp0.double().numpy())])).float()
-        valid = ((kp1 >= 0) & (kp1 <= size[-1] - 1)).all(-1)
+        kp1, valid = warp_into_view1(H, kp0, size[-1])
         with torch.no_grad():
             d = self.net.describe({k: v.detach() if torch.is_tensor(v) else v for k, v in feats.items()},
                                   torch.cat([kp0, kp1]))
@@ -135,28 +143,26 @@ class DetectorTrainer(Trainer):
         out = {"cosim": cosim.detach(), "peaky": peaky.detach(), "reliability": reliability.detach(),
                "ap": sum(aps) / 2}
         if c["descriptor"]["train"] != "none":
-            desc = self.descriptor_loss_at_detections(feats, rep.detach() * rel.detach(), batch)
+            desc = self.descriptor_loss_at_detections(feats, (rep[:B] * rel[:B]).detach(), batch)
             total = total + c["descriptor"]["weight"] * desc["loss"]
             out["desc_ap"] = desc["ap"]
         return {"total": total, "loss": total.detach(), **out}
 
     def descriptor_loss_at_detections(self, feats: dict, scores: torch.Tensor, batch: dict) -> dict:
-        """The descriptor stage's AP loss at the head's detections in view 0 (scores [2B,1,H,W]),
-        topped up with uniform points when a crop has fewer peaks, and their warps in view 1."""
+        """The descriptor stage's AP loss at the head's detections in view 0 (scores [B,1,H,W] of
+        view 0; feats of both views), topped up with uniform points when a crop has fewer peaks,
+        and their warps in view 1."""
         c = self.conf["detection"]["descriptor"]
         B, size = batch["image0"].shape[0], scores.shape[-1]
         border = self.conf["detection"]["border"]
-        kpts, _ = detect_keypoints(scores[:B], c["nms_radius"], 0.0, c["num_keypoints"], border, None)
+        kpts, _ = detect_keypoints(scores, c["nms_radius"], 0.0, c["num_keypoints"], border, None)
         kp0 = torch.zeros(B, c["num_keypoints"], 2)
         for i, k in enumerate(kpts):
             n = len(k)
             kp0[i, :n] = k
             if n < c["num_keypoints"]:
                 kp0[i, n:] = torch.from_numpy(self.rng.uniform(border, size - 1 - border, (c["num_keypoints"] - n, 2)))
-        kp1 = torch.from_numpy(np.stack([warp_points(h, k) for h, k in zip(batch["H"].double().numpy(),
-                                                                           kp0.double().numpy())])).float()
-        valid = (torch.isfinite(kp1) & (kp1 >= 0) & (kp1 <= size - 1)).all(-1)
-        kp1 = torch.where(valid[..., None], kp1, torch.zeros_like(kp1))
+        kp1, valid = warp_into_view1(batch["H"], kp0, size)
         d = self.net.describe(feats, torch.cat([kp0, kp1]))
         return descriptor_loss(d[:B], d[B:], kp0, kp1, valid, batch["index"], self.conf["loss"])
 
