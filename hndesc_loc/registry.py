@@ -24,6 +24,7 @@ ENTRIES = {
         "lite": "hndesc_loc.models.lite:LiteBackbone",
         "lite_wide": "hndesc_loc.models.lite:LiteWideBackbone",
         "caps": "hndesc_loc.models.caps:CapsBackbone",
+        "effnet": "hndesc_loc.models.effnet:EffNetBackbone",
     },
 }
 

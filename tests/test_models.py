@@ -50,15 +50,15 @@ def test_sampling_convention_cell_centres():
     assert torch.allclose(mid[:, :, 0], exp, atol=1e-5)
 
 
-@pytest.mark.parametrize("backbone", ["lite", "caps"])
+@pytest.mark.parametrize("backbone", ["lite", "caps", "effnet"])
 def test_integer_shift_equivariance(backbone):
-    """Shift the image by 16 px: descriptors at shifted keypoints (away from borders) agree."""
+    """Shift the image by the coarsest stride: descriptors at shifted keypoints (away from borders) agree."""
     torch.manual_seed(0)
     # A randomly initialised lite net is nearly constant; test the shipped weights.
     net = load_network("default", "lite") if backbone == "lite" else HNDescNet(backbone).eval()
     img = torch.rand(1, 3, 224, 288)
     img = torch.nn.functional.avg_pool2d(img, 5, 1, 2)  # some spatial structure
-    shift = 16
+    shift = net.backbone.coarse_stride
     # A circular shift keeps the image statistics (lite standardises its input per image);
     # keypoints stay far from the seam and the borders.
     shifted = torch.roll(img, shift, dims=-1)
@@ -74,8 +74,9 @@ def test_integer_shift_equivariance(backbone):
     assert (d0 * d_wrong).sum(1).mean() < cos.mean() - 1e-3
 
 
-def test_lite_dense_equals_sparse():
-    net = HNDescNet("lite").eval()
+@pytest.mark.parametrize("backbone", ["lite", "effnet"])
+def test_dense_equals_sparse(backbone):
+    net = HNDescNet(backbone).eval()
     with torch.no_grad():
         feats = net(torch.rand(1, 3, 64, 96))
         dense = net.backbone.dense(feats)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sampling import dense_keypoints, sample_features
+from .sampling import dense_descriptors, sample_features
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -69,10 +69,7 @@ class LiteBackbone(nn.Module):
 
     def dense(self, feats: dict) -> torch.Tensor:
         """Dense descriptor map [B,D,h,w] at stride 4."""
-        h, w = feats["f4"].shape[-2:]
-        kp = dense_keypoints((h * 4, w * 4), 4, feats["f4"].device)
-        kp = kp[None].expand(feats["f4"].shape[0], -1, -1)
-        return self.describe(feats, kp).reshape(kp.shape[0], -1, h, w)
+        return dense_descriptors(self.describe, feats, "f4", 4)
 
 
 class LiteWideBackbone(LiteBackbone):

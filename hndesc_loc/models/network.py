@@ -12,11 +12,12 @@ from .global_head import GlobalHead
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SHIPPED_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite.pt", "lite_wide": WEIGHTS_DIR / "hndesc_lite_wide.pt",
-                   "caps": WEIGHTS_DIR / "hndesc_caps.pt"}
+                   "caps": WEIGHTS_DIR / "hndesc_caps.pt", "effnet": WEIGHTS_DIR / "hndesc_effnet.pt"}
 # Same descriptor weights plus a trained detection head (`hndesc_joint`).
 SHIPPED_JOINT_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite_joint.pt",
                          "lite_wide": WEIGHTS_DIR / "hndesc_lite_wide_joint.pt",
-                         "caps": WEIGHTS_DIR / "hndesc_caps_joint.pt"}
+                         "caps": WEIGHTS_DIR / "hndesc_caps_joint.pt",
+                         "effnet": WEIGHTS_DIR / "hndesc_effnet_joint.pt"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -92,8 +93,12 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> HNDescNet:
     if state and all(k.startswith("net.") for k in state):
         state = {k[len("net."):]: v for k, v in state.items()}
     state = without_untrained_heads(state, ckpt.get("config") if isinstance(ckpt, dict) else None)
+    saved = ckpt.get("backbone") if isinstance(ckpt, dict) else None
+    if backbone is not None and saved is not None and saved != backbone:
+        raise ValueError(f"{path} holds a '{saved}' network but '{backbone}' was asked for: "
+                         f"pass model.backbone={saved} (the default of hndesc is effnet).")
     if backbone is None:
-        backbone = ckpt.get("backbone", "caps") if isinstance(ckpt, dict) else "caps"
+        backbone = saved or "caps"
     net = HNDescNet(backbone)
     full = any(k.startswith("backbone.") for k in state)
     target = net if full else net.backbone

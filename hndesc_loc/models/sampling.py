@@ -37,3 +37,12 @@ def dense_keypoints(image_size: tuple[int, int], stride: int, device=None) -> to
     xs = torch.arange(0, w, stride, device=device, dtype=torch.float32)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+
+
+def dense_descriptors(describe, feats: dict, key: str, stride: int) -> torch.Tensor:
+    """describe(feats, keypoints [B,N,2]) -> [B,D,N] evaluated at every cell of feats[key] (a
+    stride-`stride` map [B,C,h,w]): the dense descriptor map [B,D,h,w]."""
+    fmap = feats[key]
+    h, w = fmap.shape[-2:]
+    kp = dense_keypoints((h * stride, w * stride), stride, fmap.device)[None].expand(fmap.shape[0], -1, -1)
+    return describe(feats, kp).reshape(kp.shape[0], -1, h, w)

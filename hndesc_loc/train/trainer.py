@@ -29,7 +29,8 @@ from .synthesis import default_homography_conf, default_photometric_conf
 default_conf = {
     "stage": "descriptor",         # descriptor | detector (detector_trainer.py: head on a frozen network)
     "backbone": "lite",
-    "init_weights": None,          # descriptor stage: start from these weights ('default': shipped) instead of random
+    "init_weights": None,          # descriptor stage: start from these weights ('default': shipped; 'imagenet':
+                                   # the encoder's ImageNet weights, effnet backbone) instead of random
     "seed": 0,
     "output_dir": "runs/lite",
     "data": {
@@ -146,6 +147,13 @@ class Trainer:
         return batches
 
     def build_network(self) -> HNDescNet:
+        if self.conf["init_weights"] == "imagenet":
+            net = HNDescNet(self.conf["backbone"])
+            if not hasattr(net.backbone, "load_imagenet"):
+                raise ValueError(f"init_weights=imagenet: backbone '{self.conf['backbone']}' has no ImageNet "
+                                 "weights; use the effnet backbone or init_weights=null.")
+            net.backbone.load_imagenet()
+            return net
         if self.conf["init_weights"]:
             from ..models.network import load_network
 

