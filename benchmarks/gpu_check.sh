@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One short GPU session (a lent GPU is available for minutes): training speed and memory of
-# lite and caps through the real training loop, then a time-limited lite_wide training run.
+# lite and caps through the real training loop, then a time-limited training run (default: the
+# effnet network continued from its shipped file; the device has no package index, so not from ImageNet).
 #   DATA=<folder with sacre_coeur/ freiburg_sequence/ real_pairs/> OUT=<results> bash benchmarks/gpu_check.sh
 # Env: DEVICE (default cuda), SPEED_ITERS (default 150; 0 skips the speed part), TRAIN_MIN (default 5.5), WORKERS (default 12),
-#      CONFIG (default configs/train/lite_wide.yaml).
+#      CONFIG (default configs/train/effnet.yaml), INIT (init_weights; default the shipped effnet file, '' for the config's).
 # Ends with fp16 exports of the run's best and latest weights in $OUT (small enough to come back).
 set -uo pipefail
 DATA=${DATA:-../shared/data}
@@ -11,7 +12,8 @@ OUT=${OUT:-outputs/gpu_check}
 SPEED_ITERS=${SPEED_ITERS:-150}
 TRAIN_MIN=${TRAIN_MIN:-5.5}
 WORKERS=${WORKERS:-12}
-CONFIG=${CONFIG:-configs/train/lite_wide.yaml}
+CONFIG=${CONFIG:-configs/train/effnet.yaml}
+INIT=${INIT-hndesc_loc/weights/hndesc_effnet.pt}
 DEVICE=${DEVICE:-cuda}   # cpu: a smoke test of this script here
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
@@ -25,7 +27,7 @@ if [ "$SPEED_ITERS" -gt 0 ]; then
 fi
 $PY -m hndesc_loc.train --config "$CONFIG" output_dir="$OUT/run" device="$DEVICE" \
     num_workers="$WORKERS" threads=4 time_limit_min="$TRAIN_MIN" iterations=6000 optim.lr_step=4000 \
-    val_every=1000 checkpoint_every=500 \
+    val_every=1000 checkpoint_every=500 ${INIT:+init_weights=$INIT} \
     "data.folders=[$DATA/sacre_coeur,$DATA/freiburg_sequence]" validation.real_pairs="$DATA/real_pairs" 2>&1 | tr '\r' '\n' \
     | grep -v -E "it/s\]|kNN graph|s/it\]" | tail -30 | tee "$OUT/train.log"
 tail -5 "$OUT/run/log.csv"
