@@ -9,7 +9,7 @@ symmetric (k // 2), so a stride-s map has its cell i centred on image pixel i * 
 convention of `sampling`.
 
 The descriptor of a keypoint is an MLP over the encoder features bilinearly sampled at
-strides 2, 4, 8, 16 and 32, each L2-normalised first (the levels' magnitudes differ by orders;
+strides 2, 4, 8, 16 and 32, each L2-normalised first (the levels' magnitudes differ widely;
 normalised, none drowns the others). BatchNorm statistics stay those of ImageNet: batches of
 a few 256 px crops of a few dozen photos would otherwise pull them to the training set.
 """
