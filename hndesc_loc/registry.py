@@ -25,6 +25,7 @@ ENTRIES = {
         "lite_wide": "hndesc_loc.models.lite:LiteWideBackbone",
         "caps": "hndesc_loc.models.caps:CapsBackbone",
         "effnet": "hndesc_loc.models.effnet:EffNetBackbone",
+        "effnet_std": "hndesc_loc.models.effnet:EffNetStdBackbone",
     },
 }
 

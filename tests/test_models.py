@@ -50,7 +50,7 @@ def test_sampling_convention_cell_centres():
     assert torch.allclose(mid[:, :, 0], exp, atol=1e-5)
 
 
-@pytest.mark.parametrize("backbone", ["lite", "caps", "effnet"])
+@pytest.mark.parametrize("backbone", ["lite", "caps", "effnet", "effnet_std"])
 def test_integer_shift_equivariance(backbone):
     """Shift the image by the coarsest stride: descriptors at shifted keypoints (away from borders) agree."""
     torch.manual_seed(0)

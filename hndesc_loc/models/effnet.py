@@ -74,6 +74,7 @@ class EffNetBackbone(nn.Module):
     level_channels = {"f2": 16, "f4": 24, "f8": 40, "f16": 112, "coarse": 192}
     level_strides = {"f2": 2, "f4": 4, "f8": 8, "f16": 16, "coarse": 32}
     detection_inputs = [("f2", 2, 16), ("f4", 4, 24), ("f8", 8, 40)]
+    standardise_input = False  # per image and channel, as `lite` does (EffNetStdBackbone)
 
     def __init__(self, descriptor_dim: int = 128, coarse_dim: int = 192):
         super().__init__()
@@ -108,6 +109,8 @@ class EffNetBackbone(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict:
         """image [B,3,H,W] (ImageNet-standardised) -> maps 'f2', 'f4', 'f8', 'f16', 'coarse' (stride 32)."""
+        if self.standardise_input:
+            image = F.instance_norm(image, eps=1e-3)
         x = F.relu6(self._bn0(self._conv_stem(image)))
         out = {}
         for i, block in enumerate(self._blocks):
@@ -126,3 +129,11 @@ class EffNetBackbone(nn.Module):
     def dense(self, feats: dict) -> torch.Tensor:
         """Dense descriptor map [B,D,h,w] at stride 4."""
         return dense_descriptors(self.describe, feats, "f4", 4)
+
+
+class EffNetStdBackbone(EffNetBackbone):
+    """`effnet_std`: the same network on images standardised per image and channel (zero mean,
+    unit variance), which removes global exposure and colour casts (night) before the encoder,
+    as `lite`'s input normalisation does. An experiment (MODEL_CARD_effnet.md)."""
+
+    standardise_input = True

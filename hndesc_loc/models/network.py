@@ -12,12 +12,14 @@ from .global_head import GlobalHead
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SHIPPED_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite.pt", "lite_wide": WEIGHTS_DIR / "hndesc_lite_wide.pt",
-                   "caps": WEIGHTS_DIR / "hndesc_caps.pt", "effnet": WEIGHTS_DIR / "hndesc_effnet.pt"}
+                   "caps": WEIGHTS_DIR / "hndesc_caps.pt", "effnet": WEIGHTS_DIR / "hndesc_effnet.pt",
+                   "effnet_std": WEIGHTS_DIR / "hndesc_effnet_std.pt"}
 # Same descriptor weights plus a trained detection head (`hndesc_joint`).
 SHIPPED_JOINT_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite_joint.pt",
                          "lite_wide": WEIGHTS_DIR / "hndesc_lite_wide_joint.pt",
                          "caps": WEIGHTS_DIR / "hndesc_caps_joint.pt",
-                         "effnet": WEIGHTS_DIR / "hndesc_effnet_joint.pt"}
+                         "effnet": WEIGHTS_DIR / "hndesc_effnet_joint.pt",
+                         "effnet_std": WEIGHTS_DIR / "hndesc_effnet_std_joint.pt"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -129,11 +131,13 @@ def load_network(weights: str | Path, backbone: str, detector: bool = False) -> 
     if weights in (None, "default"):
         path = resolve_weights(weights, backbone, detector)
         config = f"configs/train/{backbone}{'_joint' if detector else ''}.yaml"
+        if not (WEIGHTS_DIR.parent.parent / config).is_file():
+            config = f"configs/train/effnet{'_joint' if detector else ''}.yaml backbone={backbone}"
         if not path.is_file():
             raise FileNotFoundError(
                 f"No shipped weights for backbone '{backbone}' ({path} is absent). "
                 f"Train it with `python -m hndesc_loc.train --config {config}` and pass "
-                "model.weights=<checkpoint>, or use the 'hndesc' conf (lite backbone, shipped weights)."
+                "model.weights=<checkpoint>, or use the 'hndesc' conf (effnet backbone, shipped weights)."
             )
         weights = path
     net = load_checkpoint(weights, backbone)
