@@ -71,15 +71,14 @@ class EffNetBackbone(nn.Module):
     stride = 4                 # of the dense descriptor map
     coarse_stride = 32
     hidden = 256               # width of the descriptor MLP
-    level_channels = {"f2": 16, "f4": 24, "f8": 40, "f16": 112, "coarse": 192}
-    level_strides = {"f2": 2, "f4": 4, "f8": 8, "f16": 16, "coarse": 32}
-    detection_inputs = [("f2", 2, 16), ("f4", 4, 24), ("f8", 8, 40)]
+    levels = [("f2", 2, 16), ("f4", 4, 24), ("f8", 8, 40), ("f16", 16, 112), ("coarse", 32, 192)]  # key, stride, channels
+    detection_inputs = levels[:3]
     standardise_input = False  # per image and channel, as `lite` does (EffNetStdBackbone)
 
     def __init__(self, descriptor_dim: int = 128, coarse_dim: int = 192):
         super().__init__()
-        if coarse_dim != self.level_channels["coarse"]:
-            raise ValueError(f"effnet: coarse_dim is the encoder's {self.level_channels['coarse']} channels.")
+        if coarse_dim != self.levels[-1][2]:
+            raise ValueError(f"effnet: coarse_dim is the encoder's {self.levels[-1][2]} channels.")
         self.descriptor_dim, self.coarse_dim = descriptor_dim, coarse_dim
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
@@ -87,14 +86,14 @@ class EffNetBackbone(nn.Module):
         for repeats, k, s, e, cin, cout in STAGES:
             blocks += [MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, e) for i in range(repeats)]
         self._blocks = nn.ModuleList(blocks)
-        self.head = nn.Sequential(nn.Linear(sum(self.level_channels.values()), self.hidden), nn.ReLU(inplace=True),
+        self.head = nn.Sequential(nn.Linear(sum(c for _, _, c in self.levels), self.hidden), nn.ReLU(inplace=True),
                                   nn.Linear(self.hidden, descriptor_dim))
 
     def load_imagenet(self) -> None:
         """Encoder weights (and BatchNorm statistics) from the ImageNet checkpoint."""
         state = torch.load(str(imagenet_weights_path()), map_location="cpu", weights_only=True)
         own = self.state_dict()
-        encoder = {k: v for k, v in state.items() if k in own and not k.startswith("head.")}
+        encoder = {k: v for k, v in state.items() if k in own}  # the checkpoint's classifier is dropped
         missing = [k for k in own if not k.startswith("head.") and k not in encoder]
         if missing:
             raise ValueError(f"ImageNet checkpoint lacks encoder keys: {missing[:5]}")
@@ -122,7 +121,7 @@ class EffNetBackbone(nn.Module):
     def describe(self, feats: dict, keypoints: torch.Tensor) -> torch.Tensor:
         """Descriptors [B,D,N] at keypoints [B,N,2] (image pixels, centre origin)."""
         sampled = torch.cat([F.normalize(sample_features(feats[k], keypoints, s), dim=1)
-                             for k, s in self.level_strides.items()], 1)
+                             for k, s, _ in self.levels], 1)
         desc = self.head(sampled.transpose(1, 2)).transpose(1, 2)
         return F.normalize(desc, dim=1)
 
