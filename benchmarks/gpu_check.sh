@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One short GPU session (a lent GPU is available for minutes): training speed and memory of
 # lite and caps through the real training loop, then a time-limited training run (default: the
-# effnet network continued from its shipped file; the device has no package index, so not from ImageNet).
+# shipped effnet_std network continued from its file; the device has no package index, so not from ImageNet).
 #   DATA=<folder with sacre_coeur/ freiburg_sequence/ real_pairs/> OUT=<results> bash benchmarks/gpu_check.sh
 # Env: DEVICE (default cuda), SPEED_ITERS (default 150; 0 skips the speed part), TRAIN_MIN (default 5.5), WORKERS (default 12),
-#      CONFIG (default configs/train/effnet.yaml), INIT (init_weights; default the shipped effnet file, '' for the config's).
+#      CONFIG (default configs/train/effnet_std.yaml), INIT (init_weights; default the shipped effnet_std file, '' for the config's).
 # Ends with fp16 exports of the run's best and latest weights in $OUT (small enough to come back).
 set -uo pipefail
 DATA=${DATA:-../shared/data}
@@ -12,8 +12,8 @@ OUT=${OUT:-outputs/gpu_check}
 SPEED_ITERS=${SPEED_ITERS:-150}
 TRAIN_MIN=${TRAIN_MIN:-5.5}
 WORKERS=${WORKERS:-12}
-CONFIG=${CONFIG:-configs/train/effnet.yaml}
-INIT=${INIT-hndesc_loc/weights/hndesc_effnet.pt}
+CONFIG=${CONFIG:-configs/train/effnet_std.yaml}
+INIT=${INIT-hndesc_loc/weights/hndesc_effnet_std.pt}
 DEVICE=${DEVICE:-cuda}   # cpu: a smoke test of this script here
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1

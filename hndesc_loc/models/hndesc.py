@@ -14,7 +14,7 @@ from .network import load_network
 
 class HNDesc(BaseModel):
     default_conf = {
-        "backbone": "effnet",               # 'effnet' or 'lite' (shipped weights), 'caps' (paper's ResUNet)
+        "backbone": "effnet_std",           # 'effnet_std', 'effnet' or 'lite' (shipped weights), 'caps' (paper's ResUNet)
         "weights": "default",               # 'default': shipped weights of the backbone, else a path
         "detector": {"name": "sift"},       # detector name + its own conf (see hndesc_loc.detectors)
         "descriptor": "fine",               # caps only: 'fine' (HNDesc) or 'coarse_fine' (CAPS release, 256-d)

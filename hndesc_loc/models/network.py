@@ -98,7 +98,7 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> HNDescNet:
     saved = ckpt.get("backbone") if isinstance(ckpt, dict) else None
     if backbone is not None and saved is not None and saved != backbone:
         raise ValueError(f"{path} holds a '{saved}' network but '{backbone}' was asked for: "
-                         f"pass model.backbone={saved} (the default of hndesc is effnet).")
+                         f"pass model.backbone={saved}.")
     if backbone is None:
         backbone = saved or "caps"
     net = HNDescNet(backbone)
@@ -137,7 +137,7 @@ def load_network(weights: str | Path, backbone: str, detector: bool = False) -> 
             raise FileNotFoundError(
                 f"No shipped weights for backbone '{backbone}' ({path} is absent). "
                 f"Train it with `python -m hndesc_loc.train --config {config}` and pass "
-                "model.weights=<checkpoint>, or use the 'hndesc' conf (effnet backbone, shipped weights)."
+                "model.weights=<checkpoint>, or use the 'hndesc' conf (its backbone has shipped weights)."
             )
         weights = path
     net = load_checkpoint(weights, backbone)
