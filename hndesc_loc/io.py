@@ -35,6 +35,17 @@ def require_path(path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- images
+def jpeg_is_truncated(data: bytes) -> bool:
+    """True for a JPEG whose last scan has no end-of-image marker after it. Inside entropy-coded
+    data 0xFF is always stuffed (FF 00) or a restart marker, so FF D9 after the last start of scan
+    (FF DA) exists only in a complete file (bytes after it are allowed); an EXIF thumbnail's own
+    markers all come before the main image's scans."""
+    if data[:2] != b"\xff\xd8":
+        return False
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan > -1 and data.rfind(b"\xff\xd9") < last_scan   # no scan at all: the decoder's call
+
+
 def read_image(path: Path, grayscale: bool = False) -> np.ndarray:
     """Read an image as RGB uint8 [H,W,3] (or [H,W] if grayscale); clear error if unreadable.
 
@@ -44,7 +55,14 @@ def read_image(path: Path, grayscale: bool = False) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"Image {path} does not exist: check image_dir / the image list.")
     mode = (cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
-    image = cv2.imread(str(path), mode)
+    data = path.read_bytes()
+    if jpeg_is_truncated(data):
+        raise ValueError(
+            f"Image {path} is truncated (a JPEG cut before its end marker, e.g. an interrupted copy): "
+            "OpenCV would decode it with grey filling. Copy it again or remove it (or drop it from the "
+            "image list) and rerun."
+        )
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), mode)  # the decoder of cv2.imread, same pixels
     if image is None or image.size == 0:
         raise ValueError(
             f"Cannot decode image {path}: the file is corrupt or not an image. "

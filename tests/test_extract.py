@@ -82,6 +82,12 @@ def test_bad_inputs(photo_dir, tmp_path):
     with pytest.raises(ValueError, match="broken.jpg.*corrupt"):
         extract_features.main(conf, bad, tmp_path)
     assert not extract_features.list_h5_names(tmp_path / (conf["output"] + ".h5"))
+    (bad / "broken.jpg").unlink()
+    whole = (photo_dir / "a.jpg").read_bytes()
+    (bad / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])   # OpenCV alone decodes this, grey-filled
+    with pytest.raises(ValueError, match="cut.jpg is truncated"):
+        extract_features.main(conf, bad, tmp_path)
+    assert not extract_features.list_h5_names(tmp_path / (conf["output"] + ".h5"))
     with pytest.raises(FileNotFoundError, match="missing.*nope.jpg"):
         extract_features.main(conf, photo_dir, tmp_path, image_list=["a.jpg", "nope.jpg"])
     with pytest.raises(KeyError, match="Unknown model 'superglue'"):

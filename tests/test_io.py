@@ -80,3 +80,25 @@ def test_pycolmap_version_check():
     for bad in ("3.11.1", "3.12.6", "5.0.0"):
         with pytest.raises(RuntimeError, match="pycolmap>=3.13,<5"):
             check_pycolmap(bad)
+
+
+def test_truncated_jpeg_is_refused_and_complete_ones_read_as_opencv_reads_them(tmp_path):
+    """A JPEG cut short (an interrupted copy) is an error, although cv2.imread decodes it; complete
+    files, with or without bytes after the end marker, give exactly cv2.imread's pixels."""
+    import cv2
+    import numpy as np
+    import pytest
+
+    from hndesc_loc.io import read_image
+
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.uniform(0, 255, (240, 320, 3)).astype(np.uint8), (7, 7), 2)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    for name, content in (("whole.jpg", data), ("trailer.jpg", data + b"camera trailer \xff\x00")):
+        (tmp_path / name).write_bytes(content)
+        expected = cv2.imread(str(tmp_path / name), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)[:, :, ::-1]
+        np.testing.assert_array_equal(read_image(tmp_path / name), expected)
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 3 // 4])
+    assert cv2.imread(str(tmp_path / "cut.jpg")) is not None     # what the check is for
+    with pytest.raises(ValueError, match="cut.jpg is truncated"):
+        read_image(tmp_path / "cut.jpg")
