@@ -227,6 +227,26 @@ def test_validation_uses_held_out_families_not_the_training_renderer(tmp_path):
     assert not any("heldout" in name for name in vars(synthesis))
 
 
+def test_validation_geometry_can_be_pinned_across_training_recipes(tmp_path):
+    """Another training zoom range changes the validation pairs unless validation.homography
+    pins them: then both runs are scored on identical pairs."""
+    import torch
+    from hndesc_loc.train.trainer import Trainer
+
+    def val_pairs(name, scale, pinned):
+        conf = _tiny_conf(tmp_path / name)
+        conf["data"]["homography"] = {"scale": scale}
+        if pinned:
+            conf["validation"] = {"homography": {"scale": [0.5, 2.0]}}
+        return Trainer(conf).val_batches
+
+    base, wider, pinned = val_pairs("a", [0.5, 2.0], False), val_pairs("b", [0.33, 3.0], False), \
+        val_pairs("c", [0.33, 3.0], True)
+    assert not torch.equal(base[0]["H"], wider[0]["H"])
+    for x, y in zip(base, pinned):
+        assert torch.equal(x["H"], y["H"]) and torch.equal(x["image1"], y["image1"])
+
+
 def test_device_and_amp_path_on_cpu(tmp_path):
     """device=cpu with amp and accumulation goes through the same loop (amp is a no-op on the CPU)."""
     from hndesc_loc.train.trainer import Trainer, resolve_device

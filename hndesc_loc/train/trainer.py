@@ -57,6 +57,10 @@ default_conf = {
         # Held-out photometric families (hndesc_loc.heldout_photometric) for the validation
         # pairs; [] uses the training appearance changes (not a generalisation measure).
         "families": ["sensor_night", "tone_curve", "colour_temperature", "cast_shadow"],
+        # Geometry of the validation pairs (keys as data.homography, unset ones at their defaults);
+        # None: data.homography. Pin it when a run changes the training geometry, or its held-out
+        # AP is taken on other pairs than those of the runs it is compared with.
+        "homography": None,
         "real_pairs": None,        # folder with evd/ and wxbs_val/: the real-pair score joins the selection score
         "real_pairs_size": 640,    # longest side for that check
     },
@@ -115,7 +119,10 @@ class Trainer:
             d["val_folders"] or d["val_builtin"]) else self.train_sources
         logger.info("Training on %d images, validating on %d.", len(self.train_sources), len(val_sources))
         self.dataset = PairDataset(self.train_sources, d, conf["seed"], d["cache_size"])
-        self.val_batches = self.make_val_batches(PairDataset(val_sources, d, 12345, d["cache_size"]))
+        pinned = conf["validation"]["homography"]
+        val_data = {**d, "homography": merge_conf(default_homography_conf, pinned, "validation.homography")
+                    if pinned else d["homography"]}
+        self.val_batches = self.make_val_batches(PairDataset(val_sources, val_data, 12345, d["cache_size"]))
         self.net = self.build_network().to(self.device)
         if conf["stage"] == "descriptor":  # the detection head is trained by the detector stage, not here
             for prm in self.net.detection_head.parameters():
