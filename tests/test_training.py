@@ -396,16 +396,31 @@ def test_train_configs_merge_strictly_and_start_from_committed_weights(path):
     """Every recorded run's config still parses (no key renamed or dropped since) and a starting
     point given as a path is committed (runs that started from the shipped files of their day
     say in a comment how to get those back from git history)."""
-    import yaml
-
-    from hndesc_loc.train.__main__ import trainer_class
+    from hndesc_loc.train.__main__ import load_config, trainer_class
     from hndesc_loc.utils.base_model import merge_conf
 
-    conf = yaml.safe_load(path.read_text())
+    conf = load_config(path)
     merged = merge_conf(trainer_class(conf).default_conf, conf, str(path))
     init = merged["init_weights"]
     if init not in (None, "default", "imagenet"):  # imagenet: the pip package's file (test_effnet.py)
         assert (path.parent.parent.parent / init).is_file(), f"{path.name}: init_weights {init} is not committed"
+
+
+def test_config_base_gives_only_what_differs(tmp_path):
+    """effnet_std.yaml = effnet.yaml with its three changes; a base loop is a clear error."""
+    import yaml
+
+    from hndesc_loc.train.__main__ import load_config
+
+    configs = Path(__file__).resolve().parent.parent / "configs" / "train"
+    base, child = yaml.safe_load((configs / "effnet.yaml").read_text()), load_config(configs / "effnet_std.yaml")
+    assert child["backbone"] == "effnet_std" and child["output_dir"] == "runs/effnet_std"
+    assert child["validation"] == {**base["validation"], "homography": child["validation"]["homography"]}
+    assert child["data"] == base["data"] and child["optim"] == base["optim"]
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="comes back to it"):
+        load_config(tmp_path / "a.yaml")
 
 
 def test_unknown_training_stage_is_a_clear_error():

@@ -1,7 +1,9 @@
 """python -m hndesc_loc.train --config configs/train/lite.yaml [key=value ...] [--resume] [--show-samples]
 
 The config's `stage` picks what is trained: 'descriptor' (the network, AP loss) or
-'detector' (the detection head on a frozen trained network, configs/train/lite_joint.yaml)."""
+'detector' (the detection head on a frozen trained network, configs/train/lite_joint.yaml).
+A config may start from another one with `base: OTHER.yaml` (path relative to it) and give only
+what differs."""
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,26 @@ import yaml
 from .. import logger
 from ..extract_features import parse_overrides
 from ..utils.cli import Parser, run as run_cli
+
+
+def load_config(path: Path, _chain: tuple = ()) -> dict:
+    """The config at `path` as a dict, its `base` (if any) loaded first and updated with it
+    (nested dicts key by key, other values replaced). Keys are checked by the trainer's merge."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Config {path} does not exist.")
+    if path.resolve() in _chain:
+        raise ValueError(f"Config {path}: its 'base' chain comes back to it; remove the loop.")
+    conf = yaml.safe_load(path.read_text()) or {}
+    base = conf.pop("base", None)
+    return conf if base is None else updated(load_config(path.parent / base, _chain + (path.resolve(),)), conf)
+
+
+def updated(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied recursively (a new dict; lists and scalars are replaced)."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = updated(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def show_samples(trainer, path: Path, n: int = 8):
@@ -58,9 +80,7 @@ def main(argv=None):
     parser.add_argument("--show-samples", action="store_true", help="write output_dir/samples.png and exit")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    if not args.config.is_file():
-        raise FileNotFoundError(f"Config {args.config} does not exist.")
-    conf = parse_overrides(yaml.safe_load(args.config.read_text()) or {}, args.overrides)
+    conf = parse_overrides(load_config(args.config), args.overrides)
     trainer = trainer_class(conf)(conf)
     if args.show_samples:
         show_samples(trainer, trainer.out / "samples.png")
