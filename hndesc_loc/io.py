@@ -196,6 +196,46 @@ def _list_groups(fd: h5py.File) -> set[str]:
     return names
 
 
+def _salvage(path: Path) -> int:
+    """Rebuild `path` from its items that still read completely; returns how many were kept.
+    A run killed between HDF5 writing an object to disk and recording the file's new end leaves
+    objects past that end, and listing the file fails; the items written before are intact."""
+    import logging
+
+    tmp = path.with_name(f".{path.name}.salvage")
+    kept = 0
+
+    def copy(group, prefix: str, dst: h5py.File):
+        nonlocal kept
+        try:
+            keys = list(group.keys())
+        except (RuntimeError, KeyError, OSError):
+            return
+        for key in keys:
+            if not prefix and key == _STAGING:
+                continue
+            try:
+                obj = group[key]
+                if not isinstance(obj, h5py.Group):
+                    continue
+                dsets = {k: v for k, v in obj.items() if isinstance(v, h5py.Dataset)}
+                if dsets:
+                    write_item(dst, prefix + key, {k: v[()] for k, v in dsets.items()}, dict(obj.attrs),
+                               {k: dict(v.attrs) for k, v in dsets.items()})
+                    kept += 1
+            except (RuntimeError, KeyError, OSError, ValueError):
+                continue  # unreadable: left for the rerun to recompute
+            copy(obj, f"{prefix}{key}/", dst)
+
+    with h5py.File(str(path), "r") as src, h5py.File(str(tmp), "w") as dst:
+        dst.attrs.update(dict(src.attrs))
+        copy(src, "", dst)
+    tmp.replace(path)
+    logging.getLogger("hndesc_loc").warning(
+        "%s was cut short by a killed run: rebuilt from its %d complete items; the rest is recomputed.", path, kept)
+    return kept
+
+
 def list_h5_names(path: Path) -> set[str]:
     """Names of all items (groups holding datasets) in a feature or match file."""
     path = Path(path)
@@ -266,8 +306,13 @@ def claim_file(path: Path, provenance: str, overwrite: bool, what: str) -> None:
     path = Path(path)
     old = None
     if path.exists():
-        with open_h5(path) as fd:
-            old, n = fd.attrs.get(PROVENANCE), len(_list_groups(fd))
+        try:
+            with open_h5(path) as fd:
+                old, n = fd.attrs.get(PROVENANCE), len(_list_groups(fd))
+        except (RuntimeError, KeyError):   # objects past the file's recorded end (killed run)
+            _salvage(path)
+            with open_h5(path) as fd:
+                old, n = fd.attrs.get(PROVENANCE), len(_list_groups(fd))
         if old == provenance:
             return  # resumed as is: the file is not touched
         if old is not None and old != provenance and n:  # an empty file is anyone's

@@ -178,3 +178,36 @@ def test_ray_driver_resumes_after_a_real_kill(many_images, tmp_path):
     clean = ef.main(ef.confs["sift"], many_images, feature_path=tmp_path / "clean.h5")
     a, b = h5_content(feats), h5_content(clean)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_file_killed_past_its_recorded_end_is_rebuilt_from_its_complete_items(tmp_path):
+    """The state a SIGKILL can leave (an object written past the end the superblock records,
+    forged here by lowering that end): the writer's resume rebuilds the file from the items that
+    still read completely, with their data and provenance, instead of failing to list it."""
+    import struct
+
+    import h5py
+
+    from hndesc_loc.io import claim_file, list_h5_names, open_h5, write_item
+
+    path = tmp_path / "feats.h5"
+    items = {f"im{i}.jpg": np.full((50, 2), i, np.float32) for i in range(4)}
+    claim_file(path, "conf A", False, "features")
+    with open_h5(path, "a") as fd:
+        for name, kpts in items.items():
+            write_item(fd, name, {"keypoints": kpts}, {"w": 1})
+    data = bytearray(path.read_bytes())
+    assert data[8] == 0                               # superblock v0: end-of-file address at bytes 40-48
+    end = struct.unpack("<Q", data[40:48])[0]
+    data[40:48] = struct.pack("<Q", end - 600)
+    path.write_bytes(bytes(data))
+    with pytest.raises((RuntimeError, KeyError)):
+        list_h5_names(path)
+    claim_file(path, "conf A", False, "features")     # what extract / match do first on a rerun
+    kept = list_h5_names(path)
+    assert kept and kept < set(items)                 # the intact items, not the cut one
+    with h5py.File(path, "r") as fd:
+        assert fd.attrs["hndesc_loc_provenance"] == "conf A"
+        for name in kept:
+            np.testing.assert_array_equal(fd[name]["keypoints"][()], items[name])
+            assert fd[name].attrs["w"] == 1
