@@ -6,6 +6,8 @@
 # Env: DEVICE (default cuda), SPEED_ITERS (default 150; 0 skips the speed part), TRAIN_MIN (default 5.5), WORKERS (default 12),
 #      CONFIG (default configs/train/effnet_std.yaml), INIT (init_weights; default the shipped effnet_std file, '' for the config's).
 # Ends with fp16 exports of the run's best and latest weights in $OUT (small enough to come back).
+# The trainer drops the start file's learned whitening; learn the new one on the CPU afterwards:
+#   python -m hndesc_loc.train.whitening --weights $OUT/latest_fp16.pt --config $CONFIG --output W
 set -uo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-outputs/gpu_check}

@@ -407,13 +407,16 @@ def test_train_configs_merge_strictly_and_start_from_committed_weights(path):
 
 
 def test_config_base_gives_only_what_differs(tmp_path):
-    """effnet_std.yaml = effnet.yaml with its three changes; a base loop is a clear error."""
+    """effnet_std.yaml = effnet.yaml (itself lite_v3.yaml, itself lite_v2.yaml, each with its changes)
+    with its three changes; a base loop is a clear error."""
     import yaml
 
     from hndesc_loc.train.__main__ import load_config
 
     configs = Path(__file__).resolve().parent.parent / "configs" / "train"
-    base, child = yaml.safe_load((configs / "effnet.yaml").read_text()), load_config(configs / "effnet_std.yaml")
+    base, child = load_config(configs / "effnet.yaml"), load_config(configs / "effnet_std.yaml")
+    lite_v2 = yaml.safe_load((configs / "lite_v2.yaml").read_text())
+    assert base["data"] == {**lite_v2["data"], "night_prob": 0.4, "lifted_night_share": 0.5}  # lite_v3's changes
     assert child["backbone"] == "effnet_std" and child["output_dir"] == "runs/effnet_std"
     assert child["validation"] == {**base["validation"], "homography": child["validation"]["homography"]}
     assert child["data"] == base["data"] and child["optim"] == base["optim"]

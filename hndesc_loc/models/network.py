@@ -9,6 +9,7 @@ from torch import nn
 from .. import registry
 from .detection import DetectionHead
 from .global_head import GlobalHead
+from .whitening import DescriptorWhitening
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SHIPPED_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite.pt", "lite_wide": WEIGHTS_DIR / "hndesc_lite_wide.pt",
@@ -28,7 +29,9 @@ class HNDescNet(nn.Module):
     """Backbone (local descriptors) + global head + detection head, on RGB images in [0,1].
 
     `has_trained_detector` is False when the loaded weights carry no detection head
-    (descriptor-only checkpoints, release checkpoints): the head then stays random."""
+    (descriptor-only checkpoints, release checkpoints): the head then stays random.
+    `whitening` (learned after training, `hndesc_loc.train.whitening`) is applied to every local
+    descriptor when the weights carry one, and is the identity otherwise."""
 
     def __init__(self, backbone: str = "lite"):
         super().__init__()
@@ -36,6 +39,7 @@ class HNDescNet(nn.Module):
         self.backbone_name = backbone
         self.global_head = GlobalHead(self.backbone.coarse_dim)
         self.detection_head = DetectionHead(self.backbone.detection_inputs)
+        self.whitening = DescriptorWhitening(self.backbone.descriptor_dim)
         self.has_trained_detector = False
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -47,7 +51,8 @@ class HNDescNet(nn.Module):
         return self.backbone((image - self.mean) / self.std)
 
     def describe(self, feats: dict, keypoints: torch.Tensor) -> torch.Tensor:
-        return self.backbone.describe(feats, keypoints)
+        """feats of `forward`, keypoints [B,N,2] (pixels) -> unit descriptors [B,D,N]."""
+        return self.whitening(self.backbone.describe(feats, keypoints))
 
     def global_descriptor(self, feats: dict) -> torch.Tensor:
         return self.global_head(feats["coarse"])
@@ -105,9 +110,10 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> HNDescNet:
     full = any(k.startswith("backbone.") for k in state)
     target = net if full else net.backbone
     result = target.load_state_dict(state, strict=False)
-    # Descriptor-only checkpoints have no detection head: allowed, and recorded.
-    missing = [k for k in result.missing_keys if not k.startswith("detection_head.")]
-    net.has_trained_detector = full and len(missing) == len(result.missing_keys)
+    # Descriptor-only checkpoints have no detection head: allowed, and recorded. Files without a
+    # learned whitening (all but those `hndesc_loc.train.whitening` wrote) leave it inactive.
+    missing = [k for k in result.missing_keys if not k.startswith(("detection_head.", "whitening."))]
+    net.has_trained_detector = full and not any(k.startswith("detection_head.") for k in result.missing_keys)
     if missing or result.unexpected_keys:
         raise ValueError(
             f"Checkpoint {path} does not fit the '{backbone}' HNDesc network.\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import logger
 from ..models.detection import detect_keypoints
 from ..models.network import HNDescNet, load_network
 from ..models.sampling import sample_features
@@ -78,6 +79,10 @@ class DetectorTrainer(Trainer):
         if mode != "none":
             for p in (net.backbone.head if mode == "mlp" else net.backbone).parameters():
                 p.requires_grad_(True)
+            if bool(net.whitening.active):  # learned for the descriptor this stage changes
+                logger.info("%s carries a learned whitening: dropped, the descriptor is trained here; learn a new "
+                            "one afterwards with `python -m hndesc_loc.train.whitening`.", self.conf["init_weights"])
+                net.whitening.reset()
         if not self.conf["detection"]["train_head"] and mode == "none":
             raise ValueError("detection.train_head=false with detection.descriptor.train=none trains nothing.")
         if self.conf["detection"]["reliability_weight"] == 0:

@@ -164,7 +164,14 @@ class Trainer:
         if self.conf["init_weights"]:
             from ..models.network import load_network
 
-            return load_network(self.conf["init_weights"], self.conf["backbone"])
+            net = load_network(self.conf["init_weights"], self.conf["backbone"])
+            if bool(net.whitening.active):
+                # It was learned for the starting descriptor, which training changes: train without
+                # it and learn a new one afterwards.
+                logger.info("%s carries a learned whitening: dropped for training; learn a new one afterwards "
+                            "with `python -m hndesc_loc.train.whitening`.", self.conf["init_weights"])
+                net.whitening.reset()
+            return net
         return HNDescNet(self.conf["backbone"])
 
     def trainable_parameters(self):
@@ -417,7 +424,9 @@ def export_weights(checkpoint: Path, output: Path, half: bool = False) -> dict:
 
     ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
     model = without_untrained_heads(ckpt["model"], ckpt["config"])
-    model = {k: v.half() if v.is_floating_point() else v for k, v in model.items()} if half else model
+    # The whitening stays float32: it is a product of inverse square roots, fp16 would round it.
+    model = {k: v.half() if v.is_floating_point() and not k.startswith("whitening.") else v
+             for k, v in model.items()} if half else model
     small = {"model": model, "backbone": ckpt["backbone"], "config": ckpt["config"],
              "step": ckpt["step"], "val_ap": ckpt["best_val"]}
     output.parent.mkdir(parents=True, exist_ok=True)
