@@ -193,7 +193,9 @@ class Trainer:
 
     def resume(self, path: Path):
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-        self.net.load_state_dict(ckpt["model"])
+        # Runs checkpointed before the network had a whitening resume with it inactive, as trained.
+        state = {**{f"whitening.{k}": v for k, v in self.net.whitening.state_dict().items()}, **ckpt["model"]}
+        self.net.load_state_dict(state)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step, self.best_val = ckpt["step"], ckpt["best_val"]
