@@ -45,6 +45,10 @@ def test_too_few_pairs_or_mismatched_shapes_are_clear_errors():
         learn_whitening(a, b[:10])
     with pytest.raises(ValueError, match="dimension 8"):
         DescriptorWhitening(8).set(torch.zeros(16), torch.eye(16))
+    from hndesc_loc.train.whitening import main as learn_main
+
+    with pytest.raises(FileNotFoundError, match="does not exist: pass a file written by"):
+        learn_main(Path("no_such_weights.pt"), Path("configs/train/effnet_std.yaml"), Path("out.pt"))
 
 
 def test_files_without_whitening_describe_as_before():

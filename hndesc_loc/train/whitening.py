@@ -85,6 +85,9 @@ def main(weights: Path, config: Path, output: Path, num_pairs: int = 400, seed: 
     """Write `output`: the weights file `weights` with a whitening learned on `num_pairs`
     synthetic pairs drawn from the training data of `config`, at `keypoints` (see
     `positive_pairs`). Returns the written dict."""
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"Weights file {weights} does not exist: pass a file written by "
+                                "`python -m hndesc_loc.train.export`, e.g. hndesc_loc/weights/hndesc_effnet_std.pt.")
     ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{weights} is not a weights file of this project (no 'model' entry): export it first "
