@@ -95,6 +95,16 @@ def describe_scale_adaptive(net, image: torch.Tensor, keypoints: torch.Tensor, s
     return desc
 
 
+def head_keypoints(net, feats: dict, image_size: tuple[int, int], conf: dict) -> tuple[list, list]:
+    """Keypoints of the detection head: maxima of repeatability x reliability, with the
+    nms_radius / detection_threshold / max_keypoints / remove_borders / refine_temperature of
+    `conf` (HNDescJoint's). Per image: keypoints [N,2] and scores [N]."""
+    maps = net.detection_maps(feats, image_size)
+    return detect_keypoints(maps["repeatability"] * maps["reliability"], conf["nms_radius"],
+                            conf["detection_threshold"], conf["max_keypoints"], conf["remove_borders"],
+                            conf["refine_temperature"])
+
+
 class HNDescJoint(BaseModel):
     """Detect and describe in one forward pass: keypoints are the local maxima of
     repeatability x reliability from the detection head. Also usable as the detector
@@ -119,11 +129,7 @@ class HNDescJoint(BaseModel):
     def _forward(self, data):
         image = data["image"]
         feats = self.net(image)
-        maps = self.net.detection_maps(feats, image.shape[-2:])
-        c = self.conf
-        kpts, scores = detect_keypoints(maps["repeatability"] * maps["reliability"], c["nms_radius"],
-                                        c["detection_threshold"], c["max_keypoints"], c["remove_borders"],
-                                        c["refine_temperature"])
+        kpts, scores = head_keypoints(self.net, feats, image.shape[-2:], self.conf)
         n = min(len(k) for k in kpts)  # batches are of one image in practice
         kpts = torch.stack([k[:n] for k in kpts])
         return {"keypoints": kpts, "scores": torch.stack([s[:n] for s in scores]),

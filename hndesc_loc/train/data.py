@@ -123,9 +123,7 @@ class PairDataset(torch.utils.data.Dataset):
                          night_prob=c["night_prob"], transfer_prob=c["transfer_prob"],
                          appearance_fn=appearance_fn, lifted_night_share=c["lifted_night_share"])
         kp0 = self.keypoints(rng, pair["image0"])
-        kp1 = warp_points(pair["H"], kp0)
-        valid = np.all(np.isfinite(kp1) & (kp1 >= 0) & (kp1 <= c["crop_size"] - 1), 1)
-        kp1 = np.where(valid[:, None], kp1, 0.0)  # invalid points stay finite: NaN would leak through masks
+        kp1, valid = warp_inside(pair["H"], kp0, c["crop_size"])
         return {
             "image0": torch.from_numpy(pair["image0"]).permute(2, 0, 1),
             "image1": torch.from_numpy(pair["image1"]).permute(2, 0, 1),
@@ -143,6 +141,14 @@ class PairDataset(torch.utils.data.Dataset):
 
     def batch(self, rng: np.random.Generator, indices: list[int], appearance_fn=None) -> dict:
         return collate([self.sample(rng, i, appearance_fn) for i in indices])
+
+
+def warp_inside(H: np.ndarray, pts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points [N,2] of view A warped by H into a size x size view B: (points [N,2], inside [N]);
+    points falling outside are set to 0 (finite: NaN would leak through masks)."""
+    warped = warp_points(H, pts)
+    inside = np.all(np.isfinite(warped) & (warped >= 0) & (warped <= size - 1), 1)
+    return np.where(inside[:, None], warped, 0.0), inside
 
 
 def collate(samples: list[dict]) -> dict:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import logger
 from ..models.detection import detect_keypoints
 from ..models.network import HNDescNet, load_network
 from ..models.sampling import sample_features
 from .detection_losses import cosim_loss, peaky_loss, reliability_loss, warp_map
 from .losses import candidate_lists, descriptor_loss, exact_ap_single_positive
 from .synthesis import warp_points
-from .trainer import Trainer, default_conf
+from .trainer import Trainer, default_conf, drop_whitening
 
 default_detector_conf = {
     **default_conf,
@@ -79,10 +78,7 @@ class DetectorTrainer(Trainer):
         if mode != "none":
             for p in (net.backbone.head if mode == "mlp" else net.backbone).parameters():
                 p.requires_grad_(True)
-            if bool(net.whitening.active):  # learned for the descriptor this stage changes
-                logger.info("%s carries a learned whitening: dropped, the descriptor is trained here; learn a new "
-                            "one afterwards with `python -m hndesc_loc.train.whitening`.", self.conf["init_weights"])
-                net.whitening.reset()
+            drop_whitening(net, self.conf["init_weights"])
         if not self.conf["detection"]["train_head"] and mode == "none":
             raise ValueError("detection.train_head=false with detection.descriptor.train=none trains nothing.")
         if self.conf["detection"]["reliability_weight"] == 0:

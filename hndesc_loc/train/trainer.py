@@ -165,12 +165,7 @@ class Trainer:
             from ..models.network import load_network
 
             net = load_network(self.conf["init_weights"], self.conf["backbone"])
-            if bool(net.whitening.active):
-                # It was learned for the starting descriptor, which training changes: train without
-                # it and learn a new one afterwards.
-                logger.info("%s carries a learned whitening: dropped for training; learn a new one afterwards "
-                            "with `python -m hndesc_loc.train.whitening`.", self.conf["init_weights"])
-                net.whitening.reset()
+            drop_whitening(net, self.conf["init_weights"])
             return net
         return HNDescNet(self.conf["backbone"])
 
@@ -417,6 +412,15 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
     return torch.device(name)
+
+
+def drop_whitening(net: HNDescNet, source) -> None:
+    """Reset the learned whitening `source`'s network carries, if any (it was learned for the
+    descriptor that training is about to change; a new one is learned afterwards)."""
+    if bool(net.whitening.active):
+        logger.info("%s carries a learned whitening: dropped, the descriptor is trained here; learn a new one "
+                    "afterwards with `python -m hndesc_loc.train.whitening`.", source)
+        net.whitening.reset()
 
 
 def export_weights(checkpoint: Path, output: Path, half: bool = False) -> dict:

@@ -16,14 +16,12 @@ import torch
 from tqdm import tqdm
 
 from .. import logger
-from ..models.detection import detect_keypoints
 from ..models.network import load_checkpoint
 from ..models.whitening import learn_whitening
 from ..utils.base_model import merge_conf
 from ..utils.cli import Parser, run as run_cli
 from .__main__ import load_config
-from .data import PairDataset, collect_images
-from .synthesis import warp_points
+from .data import PairDataset, collect_images, warp_inside
 from .trainer import default_conf
 
 BATCH = 8
@@ -37,19 +35,15 @@ KEYPOINTS = ("sift", "detector")
 def detector_keypoints(net, feats: dict, batch: dict, num: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The detection head's `num` strongest keypoints on each view A (`hndesc_joint`'s defaults
     otherwise), warped into view B: keypoints0, keypoints1 [B,num,2], valid [B,num]."""
-    from ..models.hndesc import HNDescJoint
+    from ..models.hndesc import HNDescJoint, head_keypoints
 
-    c, size = HNDescJoint.default_conf, batch["image0"].shape[-2:]
-    maps = net.detection_maps(feats, size)
-    kpts, _ = detect_keypoints(maps["repeatability"] * maps["reliability"], c["nms_radius"], c["detection_threshold"],
-                               num, c["remove_borders"], c["refine_temperature"])
-    kp0 = torch.zeros(len(kpts), num, 2)
+    size = batch["image0"].shape[-1]  # square crops
+    kpts, _ = head_keypoints(net, feats, batch["image0"].shape[-2:], {**HNDescJoint.default_conf, "max_keypoints": num})
+    kp0, kp1 = torch.zeros(len(kpts), num, 2), torch.zeros(len(kpts), num, 2)
     valid = torch.zeros(len(kpts), num, dtype=torch.bool)
-    kp1 = torch.zeros_like(kp0)
     for i, k in enumerate(kpts):
-        w = torch.from_numpy(warp_points(batch["H"][i].double().numpy(), k.double().numpy())).float()
-        kp0[i, :len(k)], kp1[i, :len(k)] = k, torch.nan_to_num(w, nan=-1.0)
-        valid[i, :len(k)] = torch.isfinite(w).all(1) & (w >= 0).all(1) & (w[:, 0] <= size[1] - 1) & (w[:, 1] <= size[0] - 1)
+        warped, inside = warp_inside(batch["H"][i].double().numpy(), k.double().numpy(), size)
+        kp0[i, :len(k)], kp1[i, :len(k)], valid[i, :len(k)] = k, torch.from_numpy(warped), torch.from_numpy(inside)
     return kp0, kp1, valid
 
 
@@ -93,8 +87,7 @@ def main(weights: Path, config: Path, output: Path, num_pairs: int = 400, seed: 
         raise ValueError(f"{weights} is not a weights file of this project (no 'model' entry): export it first "
                          "with `python -m hndesc_loc.train.export`.")
     net = load_checkpoint(weights, ckpt.get("backbone"))
-    conf = merge_conf(default_conf, {k: v for k, v in load_config(config).items()
-                                     if k in default_conf}, str(config))["data"]
+    conf = merge_conf(default_conf["data"], load_config(config).get("data", {}), f"{config} data")
     sources = collect_images(conf["folders"], conf["megadepth_root"], "train", conf["builtin"])
     if not sources:
         raise ValueError(f"{config} names no training images (data.folders / data.builtin): the whitening is "
