@@ -137,6 +137,31 @@ def test_mining_modes(mining):
         assert bad["ap"] < 0.9
 
 
+def test_dense_grid_points_are_negatives_beyond_the_radius():
+    grid = losses.jittered_grid(2, 64, 4, torch.Generator().manual_seed(0))
+    assert grid.shape == (2, 16, 2) and grid.min() >= 0 and grid.max() <= 63
+    cells = (grid // 16).long()
+    assert all(len({tuple(c) for c in cells[b].tolist()}) == 16 for b in range(2))  # one point per cell
+    D, K = 8, 3
+    d = torch.nn.functional.normalize(torch.randn(1, D, K), dim=1)
+    kp = torch.tensor([[[10.0, 10.0], [40.0, 10.0], [10.0, 40.0]]])
+    valid = torch.ones(1, K, dtype=torch.bool)
+    # Grid points carrying anchor 0's descriptor: one 2 px from its positive, one 50 px away.
+    dense = d[:, :, [0, 0]]
+    dense_kp = torch.tensor([[[12.0, 10.0], [60.0, 60.0]]])
+    ids = torch.tensor([0])
+    base = losses.candidate_lists(d, d, kp, valid, ids, "in_pair", 0, 6.0)
+    pos, negs, mask = losses.candidate_lists(d, d, kp, valid, ids, "in_pair", 0, 6.0, dense1=dense, dense_kp1=dense_kp)
+    assert negs.shape == (K, K + 2) and torch.equal(negs[:, :K], base[1])
+    assert mask[0, K:].tolist() == [False, True]   # the near copy is the positive's place, not a negative
+    ap = losses.exact_ap_single_positive(pos, negs, mask)
+    assert ap[0] == pytest.approx(0.5) and ap[1:].tolist() == base[0].new_ones(2).tolist()
+    conf = {"mining": "in_pair", "num_hard_negatives": 0, "neg_radius": 6.0, "nq": 20}
+    sparse = losses.descriptor_loss(d, d, kp, kp, valid, ids, conf)
+    with_grid = losses.descriptor_loss(d, d, kp, kp, valid, ids, conf, (dense, dense_kp, dense, dense_kp))
+    assert with_grid["ap"] < sparse["ap"] == pytest.approx(1.0)
+
+
 def test_trainer_runs_resumes_and_rejects_bad_keys(tmp_path):
     from hndesc_loc.train.trainer import Trainer
 
@@ -172,17 +197,20 @@ def _tiny_conf(tmp_path, **kw):
     return conf
 
 
-def test_killed_and_resumed_run_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("dense_grid", [0, 4])
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, dense_grid):
     """6 steps in one go == 3 steps, a new process-like Trainer resuming latest.pt, 3 more
-    (batches are keyed by step; the kNN graph and RNG states travel in the checkpoint)."""
+    (batches are keyed by step; the kNN graph and RNG states travel in the checkpoint; the dense
+    negatives' grids are keyed by step too)."""
     import torch
     from hndesc_loc.train.trainer import Trainer
 
-    a = Trainer(_tiny_conf(tmp_path / "a"))
+    loss = {"dense_grid": dense_grid}
+    a = Trainer(_tiny_conf(tmp_path / "a", loss=loss))
     a.train()
-    b = Trainer(_tiny_conf(tmp_path / "b", iterations=3))
+    b = Trainer(_tiny_conf(tmp_path / "b", iterations=3, loss=loss))
     b.train()
-    b2 = Trainer(_tiny_conf(tmp_path / "b", num_workers=1))  # a worker process now: same batches
+    b2 = Trainer(_tiny_conf(tmp_path / "b", num_workers=1, loss=loss))  # a worker process now: same batches
     b2.resume(tmp_path / "b" / "latest.pt")
     b2.train()
     sa, sb = a.net.state_dict(), b2.net.state_dict()

@@ -32,13 +32,26 @@ def exact_ap_single_positive(pos: torch.Tensor, negs: torch.Tensor, mask: torch.
     return torch.where(torch.isfinite(pos) & (torch.isfinite(negs) | ~mask).all(-1), ap, ap.new_zeros(()))
 
 
+def jittered_grid(batch: int, size: int, side: int, generator: torch.Generator | None = None,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """side x side points per crop of `size` px, one uniformly placed in each cell -> [batch, side², 2] (x, y)."""
+    cell = size / side
+    ij = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="xy"), -1).reshape(-1, 2)
+    offset = torch.rand((batch, side * side, 2), generator=generator)
+    return ((ij[None] + offset) * cell).clamp(0, size - 1).to(device)
+
+
 def candidate_lists(d0: torch.Tensor, d1: torch.Tensor, kp1: torch.Tensor, valid: torch.Tensor,
                     image_ids: torch.Tensor, mining: str, num_hard: int, neg_radius: float,
-                    generator: torch.Generator | None = None):
+                    generator: torch.Generator | None = None,
+                    dense1: torch.Tensor | None = None, dense_kp1: torch.Tensor | None = None):
     """Anchors from view 0, positives and negatives from view 1.
 
     d0, d1 [B,D,K]; kp1 [B,K,2]; valid [B,K]; image_ids [B] (crops of the same image are never
     negatives of each other, so repeated images cannot create false negatives).
+    dense1 [B,D,G] at dense_kp1 [B,G,2]: more points of view 1 (a grid over the whole crop), extra
+    negatives of their own pair's anchors beyond neg_radius of the positive: the sparse keypoints
+    alone never show an anchor the clutter between them, which mutual matching must reject.
     Returns (pos [N], negs [N,M], neg_mask [N,M]) over the N valid anchors."""
     if mining not in MINING_MODES:
         raise KeyError(f"Unknown mining mode '{mining}'; choose one of {MINING_MODES}.")
@@ -65,16 +78,25 @@ def candidate_lists(d0: torch.Tensor, d1: torch.Tensor, kp1: torch.Tensor, valid
         top = ranked.topk(min(num_hard, B * K), dim=1).indices
         negs.append(sim.gather(1, top))
         masks.append(other.gather(1, top))
+    if dense1 is not None:
+        sim_dense = torch.einsum("bdk,bdg->bkg", d0, dense1).reshape(B * K, -1)   # [BK,G]
+        far_dense = torch.cdist(kp1, dense_kp1) > neg_radius                     # [B,K,G]
+        negs.append(sim_dense)
+        masks.append(far_dense.reshape(B * K, -1))
     keep = vflat
     return pos[keep], torch.cat(negs, 1)[keep], torch.cat(masks, 1)[keep]
 
 
-def descriptor_loss(d0, d1, kp0, kp1, valid, image_ids, conf: dict) -> dict:
-    """Symmetric AP loss (anchors in each view). Returns {'loss', 'ap'} (ap: exact, detached)."""
+def descriptor_loss(d0, d1, kp0, kp1, valid, image_ids, conf: dict, dense: tuple | None = None) -> dict:
+    """Symmetric AP loss (anchors in each view). dense: (desc0 [B,D,G], kp0 [B,G,2], desc1, kp1),
+    grid points of each view used as extra negatives (`candidate_lists`).
+    Returns {'loss', 'ap'} (ap: exact, detached, over all negatives used)."""
     losses, aps = [], []
-    for da, db, kpb in ((d0, d1, kp1), (d1, d0, kp0)):
+    dense = dense or (None, None, None, None)
+    for da, db, kpb, dd, dkp in ((d0, d1, kp1, dense[2], dense[3]), (d1, d0, kp0, dense[0], dense[1])):
         pos, negs, mask = candidate_lists(da, db, kpb, valid, image_ids, conf["mining"],
-                                          conf["num_hard_negatives"], conf["neg_radius"])
+                                          conf["num_hard_negatives"], conf["neg_radius"],
+                                          dense1=dd, dense_kp1=dkp)
         scores = torch.cat([pos[:, None], negs], 1)
         labels = torch.zeros_like(scores)
         labels[:, 0] = 1

@@ -23,7 +23,7 @@ from ..models.network import HNDescNet
 from ..utils.base_model import merge_conf
 from . import ddp
 from .data import PairDataset, StepBatches, collate, collect_images, knn_batches, knn_graph, load_source
-from .losses import descriptor_loss, exact_ap_single_positive, candidate_lists, global_contrastive_loss
+from .losses import descriptor_loss, exact_ap_single_positive, candidate_lists, global_contrastive_loss, jittered_grid
 from .synthesis import default_homography_conf, default_photometric_conf
 
 default_conf = {
@@ -68,6 +68,8 @@ default_conf = {
         "mining": "in_batch",      # in_pair | in_batch | random
         "num_hard_negatives": 20,  # k hardest (or random) negatives from the other crops
         "neg_radius": 6.0,         # px: points this close to the positive are not negatives
+        "dense_grid": 0,           # n: also an n x n jittered grid of points over each crop as in-pair
+                                   # negatives of the other view's anchors (0: keypoints only)
         "nq": 20,                  # AP quantisation bins
         "global_weight": 0.1,
         "global_temperature": 0.07,
@@ -260,13 +262,21 @@ class Trainer:
         gather = ddp.gather
         images = torch.cat([batch["image0"], batch["image1"]])
         kps = torch.cat([batch["keypoints0"], batch["keypoints1"]])
+        B, K = batch["keypoints0"].shape[:2]
+        side = self.conf["loss"]["dense_grid"]
+        if side:
+            # Seeded by (seed, step, rank): a resumed run draws the same grids.
+            gen = torch.Generator().manual_seed(self.conf["seed"] * 1_000_003 + self.step * 101 + self.rank)
+            grid = jittered_grid(2 * B, images.shape[-1], side, gen, self.device)
+            kps = torch.cat([kps, grid], 1)
         with self.autocast():
             desc, g = self.step_module(images, kps)
-        B = batch["image0"].shape[0]
+        desc, dense = desc[..., :K], desc[..., K:]
         # The global batch (a no-op on one process): negatives come from every process's pairs.
         d0, d1, g0, g1 = gather(desc[:B]), gather(desc[B:]), gather(g[:B]), gather(g[B:])
         kp0, kp1, valid, index = (gather(batch[k]) for k in ("keypoints0", "keypoints1", "valid", "index"))
-        out = descriptor_loss(d0, d1, kp0, kp1, valid, index, self.conf["loss"])
+        grids = (gather(dense[:B]), gather(kps[:B, K:]), gather(dense[B:]), gather(kps[B:, K:])) if side else None
+        out = descriptor_loss(d0, d1, kp0, kp1, valid, index, self.conf["loss"], grids)
         out["global"] = global_contrastive_loss(g0, g1, index, self.conf["loss"]["global_temperature"])
         # Same loss on every process; DDP averages gradients, so scale to the global batch's gradient.
         out["total"] = (out["loss"] + self.conf["loss"]["global_weight"] * out["global"]) * self.world

@@ -116,11 +116,11 @@ def cli(argv=None):
     p.add_argument("--config", type=Path, required=True,
                    help="training config whose photos and synthetic changes make the pairs (the run's own)")
     p.add_argument("--output", type=Path, required=True, help="weights file to write (the input plus the whitening)")
-    p.add_argument("--num_pairs", type=int, default=400, help="synthetic image pairs to draw (default: 400)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pairs (default: 0)")
+    p.add_argument("--num_pairs", type=int, default=400, help="synthetic image pairs to draw")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pairs")
     p.add_argument("--keypoints", choices=KEYPOINTS, default="sift",
                    help="where descriptors are taken: 'sift' (training's keypoints, for `hndesc`) or 'detector' "
-                        "(the file's detection head, for `hndesc_joint`) (default: sift)")
+                        "(the file's detection head, for `hndesc_joint`)")
     a = p.parse_args(argv)
     if a.num_pairs < 1:
         raise ValueError("--num_pairs must be at least 1.")

@@ -64,7 +64,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         help = action.help or ""
-        if "%(default)" not in help and action.default not in (None, False, argparse.SUPPRESS) \
+        # By identity: a default of 0 is shown (0 == False), None / False / SUPPRESS are not.
+        if "%(default)" not in help and not any(action.default is v for v in (None, False, argparse.SUPPRESS)) \
                 and action.option_strings:
             help += " (default: %(default)s)"
         return help
