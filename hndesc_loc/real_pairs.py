@@ -218,6 +218,20 @@ def match_mutual(f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray]:
     return f0["keypoints"][v].astype(np.float64), f1["keypoints"][m0[v]].astype(np.float64)
 
 
+def nn_hub_skew(desc0: np.ndarray, desc1: np.ndarray) -> float:
+    """Skewness of the k-occurrence of image 1's descriptors: how many of image 0's descriptors
+    [D,N0] take each of image 1's [D,N1] as nearest neighbour. High: a few hubs attract the
+    neighbours of unmatchable points, and mutual checking rejects them (DISK on day-night pairs);
+    near 0: every point has a partner of its own, and clutter passes the mutual check."""
+    if desc0.shape[1] == 0 or desc1.shape[1] < 2:
+        return 0.0
+    d0 = torch.from_numpy(np.asarray(desc0, np.float32))
+    d1 = torch.from_numpy(np.asarray(desc1, np.float32))
+    k = torch.bincount((d0.t() @ d1).argmax(1), minlength=d1.shape[1]).double()
+    std = k.std(unbiased=False)
+    return float(((k - k.mean()) ** 3).mean() / std ** 3) if std > 0 else 0.0
+
+
 def evaluate(features: Callable[[Path], dict], evd: list[dict], wxbs: list[dict],
              seeds: Sequence[int] = (0,), progress: bool = True) -> dict:
     """Both protocols for a feature function `features(image_path) -> {'keypoints' [N,2] in
@@ -252,7 +266,8 @@ def evaluate(features: Callable[[Path], dict], evd: list[dict], wxbs: list[dict]
             prec, good = match_precision(symmetric_epipolar_distance(gt_fundamental(p["corrs"]), mk0, mk1))
             out["wxbs"][p["name"]] = {"accuracy": acc.mean(0).tolist(), "maa": float(acc.mean()),
                                       "maa_per_seed": acc.mean(1).tolist(), "matches": len(mk0),
-                                      "precision": prec, "correct": good}
+                                      "precision": prec, "correct": good,
+                                      "hub_skew": nn_hub_skew(f0["descriptors"], f1["descriptors"])}
     evd_per_seed = [evd_maa([v["errors"][i] for v in out["evd"].values()]) for i in range(len(seeds))]
     wxbs_per_seed = [float(np.mean([v["maa_per_seed"][i] for v in out["wxbs"].values()])) if out["wxbs"] else 0.0
                      for i in range(len(seeds))]
@@ -261,6 +276,7 @@ def evaluate(features: Callable[[Path], dict], evd: list[dict], wxbs: list[dict]
     for d in ("evd", "wxbs"):
         for k in ("precision", "correct"):
             out[f"{d}_{k}"] = float(np.mean([v[k] for v in out[d].values()])) if out[d] else 0.0
+    out["wxbs_hub_skew"] = float(np.mean([v["hub_skew"] for v in out["wxbs"].values()])) if out["wxbs"] else 0.0
     counts = [v["matches"] for d in ("evd", "wxbs") for v in out[d].values()]
     out["mean_matches"] = float(np.mean(counts)) if counts else 0.0
     return out

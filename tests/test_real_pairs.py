@@ -151,3 +151,18 @@ def test_match_precision_counts_matches_within_the_threshold():
     prec, good = real_pairs.match_precision(np.array([0.5, 4.9, 5.1, 100.0]))
     assert (prec, good) == (0.5, 2)
     assert real_pairs.match_precision(np.zeros(0)) == (0.0, 0)
+
+
+def test_hub_skew_separates_hubs_from_one_to_one_neighbours():
+    rng = np.random.default_rng(0)
+    d1 = rng.normal(size=(32, 200))
+    d1 /= np.linalg.norm(d1, axis=0)
+    # One to one: image 0 holds image 1's points, slightly moved: each point is its partner's neighbour.
+    d0 = d1 + 0.01 * rng.normal(size=d1.shape)
+    assert real_pairs.nn_hub_skew(d0, d1) == pytest.approx(0.0, abs=0.5)
+    # Clutter near a common direction that one point of image 1 holds: it attracts all their neighbours.
+    hub = d1[:, :1]
+    clutter = hub + 0.3 * rng.normal(size=(32, 150)) / np.sqrt(32)
+    skew = real_pairs.nn_hub_skew(np.concatenate([d0[:, :50], clutter], 1), d1)
+    assert skew > 5
+    assert real_pairs.nn_hub_skew(d0[:, :0], d1) == 0.0
