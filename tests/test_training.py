@@ -184,6 +184,8 @@ def test_trainer_runs_resumes_and_rejects_bad_keys(tmp_path):
     assert [int(l.split(",")[0]) for l in lines[1:]] == [1, 2, 3, 4, 5, 6]
     with pytest.raises(KeyError, match="Unknown key 'learning_rate'"):
         Trainer({**conf, "learning_rate": 1})
+    with pytest.raises(ValueError, match="loss.dense_grid must be a whole number"):
+        Trainer({**conf, "loss": {"dense_grid": -4}})
     with pytest.raises(FileNotFoundError, match="Training folder"):
         Trainer({**conf, "data": {"folders": [str(tmp_path / "none")]}})
 
