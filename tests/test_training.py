@@ -162,6 +162,26 @@ def test_dense_grid_points_are_negatives_beyond_the_radius():
     assert with_grid["ap"] < sparse["ap"] == pytest.approx(1.0)
 
 
+def test_unmatched_points_are_pushed_to_no_clear_neighbour():
+    D, K = 8, 4
+    d1 = torch.eye(D)[:, :K][None]                     # view 1: four orthogonal unit descriptors
+    valid = torch.tensor([[True, True, True, False]])  # view-0 keypoint 3 has no partner in view 1
+    sharp = d1.clone()
+    sharp[0, :, 3] = d1[0, :, 0]                       # ... yet copies keypoint 0's descriptor
+    flat = d1.clone()
+    flat[0, :, 3] = torch.nn.functional.normalize(d1[0, :, :3].sum(-1), dim=0)  # equally near all three
+    u_sharp = losses.unmatched_uniformity(sharp, d1, valid, 0.05)
+    u_flat = losses.unmatched_uniformity(flat, d1, valid, 0.05)
+    assert u_flat == pytest.approx(0.0, abs=1e-5) and u_sharp > 1.0
+    assert losses.unmatched_uniformity(sharp, d1, torch.ones(1, K, dtype=torch.bool), 0.05) == 0
+    conf = {"mining": "in_pair", "num_hard_negatives": 0, "neg_radius": 1.0, "nq": 20}
+    kp = torch.rand(1, K, 2) * 100
+    plain = losses.descriptor_loss(sharp, d1, kp, kp, valid, torch.tensor([0]), conf)["loss"]
+    weighted = losses.descriptor_loss(sharp, d1, kp, kp, valid, torch.tensor([0]),
+                                      {**conf, "unmatched_weight": 0.5, "unmatched_temperature": 0.05})["loss"]
+    assert weighted == pytest.approx(float(plain + 0.5 * u_sharp))
+
+
 def test_trainer_runs_resumes_and_rejects_bad_keys(tmp_path):
     from hndesc_loc.train.trainer import Trainer
 

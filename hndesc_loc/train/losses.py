@@ -103,7 +103,29 @@ def descriptor_loss(d0, d1, kp0, kp1, valid, image_ids, conf: dict, dense: tuple
         m = torch.cat([torch.ones_like(pos[:, None], dtype=torch.bool), mask], 1).float()
         losses.append((1 - quantized_ap(scores, labels, m, conf["nq"])).mean())
         aps.append(exact_ap_single_positive(pos.detach(), negs.detach(), mask).mean())
-    return {"loss": sum(losses) / 2, "ap": sum(aps) / 2}
+    out = {"loss": sum(losses) / 2, "ap": sum(aps) / 2}
+    if conf.get("unmatched_weight", 0):
+        out["loss"] = out["loss"] + conf["unmatched_weight"] * unmatched_uniformity(
+            d0, d1, valid, conf["unmatched_temperature"])
+    return out
+
+
+def unmatched_uniformity(d0: torch.Tensor, d1: torch.Tensor, valid: torch.Tensor, temperature: float) -> torch.Tensor:
+    """For view-0 keypoints with no partner in view 1 (valid False: warped outside it): how far the
+    softmax of their similarities to view 1's keypoints is from uniform (log n - entropy, >= 0).
+    The AP loss never sees these points; leaving them free lets them take a sharp nearest
+    neighbour that mutual matching cannot reject. Pushing them towards equal similarity to every
+    point of the other view makes them nobody's clear partner.
+    d0, d1 [B,D,K]; valid [B,K] -> scalar (0 when no pair has such a point)."""
+    sim = torch.einsum("bdk,bdl->bkl", d0, d1) / temperature              # [B,K(anchors),K(view 1)]
+    cols = valid[:, None, :]
+    logp = torch.log_softmax(sim.masked_fill(~cols, float("-inf")), -1)
+    entropy = -(logp.exp() * logp.masked_fill(~cols, 0)).sum(-1)         # [B,K]
+    n = valid.sum(-1, keepdim=True).float()                              # [B,1] partners in view 1
+    rows = ~valid & (n > 1)
+    if not rows.any():
+        return sim.new_zeros(())
+    return (n.log() - entropy)[rows].mean()
 
 
 def global_contrastive_loss(g0: torch.Tensor, g1: torch.Tensor, image_ids: torch.Tensor, temperature: float) -> torch.Tensor:

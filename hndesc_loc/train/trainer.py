@@ -71,6 +71,8 @@ default_conf = {
         "dense_grid": 0,           # n: also an n x n jittered grid of points over each crop as in-pair
                                    # negatives of the other view's anchors (0: keypoints only)
         "nq": 20,                  # AP quantisation bins
+        "unmatched_weight": 0.0,   # weight of `unmatched_uniformity` (view-0 keypoints with no partner in view 1)
+        "unmatched_temperature": 0.05,
         "global_weight": 0.1,
         "global_temperature": 0.07,
     },
