@@ -206,6 +206,8 @@ def test_trainer_runs_resumes_and_rejects_bad_keys(tmp_path):
         Trainer({**conf, "learning_rate": 1})
     with pytest.raises(ValueError, match="loss.dense_grid must be a whole number"):
         Trainer({**conf, "loss": {"dense_grid": -4}})
+    with pytest.raises(ValueError, match="loss.unmatched_weight must be >= 0"):
+        Trainer({**conf, "loss": {"unmatched_weight": -0.1}})
     with pytest.raises(FileNotFoundError, match="Training folder"):
         Trainer({**conf, "data": {"folders": [str(tmp_path / "none")]}})
 

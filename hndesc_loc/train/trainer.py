@@ -114,6 +114,8 @@ class Trainer:
         self.device = ddp.init(resolve_device(conf["device"]))
         if not isinstance(conf["loss"]["dense_grid"], int) or conf["loss"]["dense_grid"] < 0:
             raise ValueError(f"loss.dense_grid must be a whole number >= 0 (0: no grid), not {conf['loss']['dense_grid']!r}.")
+        if conf["loss"]["unmatched_weight"] < 0 or conf["loss"]["unmatched_temperature"] <= 0:
+            raise ValueError("loss.unmatched_weight must be >= 0 (0: off) and loss.unmatched_temperature > 0.")
         if conf["batch_size"] % self.world:
             raise ValueError(f"batch_size {conf['batch_size']} (the global batch) must be a multiple of the "
                              f"{self.world} processes of torchrun.")
