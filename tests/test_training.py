@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hndesc_loc.train import losses
+from hndesc_loc.train.trainer import default_conf as train_default_conf
 from hndesc_loc.train.synthesis import (color_transfer, default_homography_conf, default_photometric_conf,
                                         lift_night, make_pair, random_homography, render_night, warp_points)
 
@@ -127,13 +128,13 @@ def test_mining_modes(mining):
     pos, negs, mask = losses.candidate_lists(d0, d1, kp, valid, ids, mining, 4, 1.0)
     assert pos.shape == (B * K - 1,) and torch.allclose(pos, torch.ones_like(pos))
     assert negs.shape[1] == K + (0 if mining == "in_pair" else 4)
-    out = losses.descriptor_loss(d0, d1, kp, kp, valid, ids, {"mining": mining, "num_hard_negatives": 4,
-                                                              "neg_radius": 1.0, "nq": 20})
+    out = losses.descriptor_loss(d0, d1, kp, kp, valid, ids, {**train_default_conf["loss"], "mining": mining,
+                                                              "num_hard_negatives": 4, "neg_radius": 1.0, "nq": 20})
     assert out["ap"] == pytest.approx(1.0)  # would drop if crop 2 gave negatives to crop 1
     ids_wrong = torch.tensor([0, 1, 2])
     if mining == "in_batch":
-        bad = losses.descriptor_loss(d0, d1, kp, kp, valid, ids_wrong, {"mining": mining, "num_hard_negatives": 4,
-                                                                        "neg_radius": 1.0, "nq": 20})
+        bad = losses.descriptor_loss(d0, d1, kp, kp, valid, ids_wrong, {**train_default_conf["loss"], "mining": mining,
+                                                                        "num_hard_negatives": 4, "neg_radius": 1.0, "nq": 20})
         assert bad["ap"] < 0.9
 
 
@@ -156,7 +157,7 @@ def test_dense_grid_points_are_negatives_beyond_the_radius():
     assert mask[0, K:].tolist() == [False, True]   # the near copy is the positive's place, not a negative
     ap = losses.exact_ap_single_positive(pos, negs, mask)
     assert ap[0] == pytest.approx(0.5) and ap[1:].tolist() == base[0].new_ones(2).tolist()
-    conf = {"mining": "in_pair", "num_hard_negatives": 0, "neg_radius": 6.0, "nq": 20}
+    conf = {**train_default_conf["loss"], "mining": "in_pair", "num_hard_negatives": 0, "neg_radius": 6.0, "nq": 20}
     sparse = losses.descriptor_loss(d, d, kp, kp, valid, ids, conf)
     with_grid = losses.descriptor_loss(d, d, kp, kp, valid, ids, conf, (dense, dense_kp, dense, dense_kp))
     assert with_grid["ap"] < sparse["ap"] == pytest.approx(1.0)
@@ -174,7 +175,7 @@ def test_unmatched_points_are_pushed_to_no_clear_neighbour():
     u_flat = losses.unmatched_uniformity(flat, d1, valid, 0.05)
     assert u_flat == pytest.approx(0.0, abs=1e-5) and u_sharp > 1.0
     assert losses.unmatched_uniformity(sharp, d1, torch.ones(1, K, dtype=torch.bool), 0.05) == 0
-    conf = {"mining": "in_pair", "num_hard_negatives": 0, "neg_radius": 1.0, "nq": 20}
+    conf = {**train_default_conf["loss"], "mining": "in_pair", "num_hard_negatives": 0, "neg_radius": 1.0, "nq": 20}
     kp = torch.rand(1, K, 2) * 100
     plain = losses.descriptor_loss(sharp, d1, kp, kp, valid, torch.tensor([0]), conf)["loss"]
     weighted = losses.descriptor_loss(sharp, d1, kp, kp, valid, torch.tensor([0]),

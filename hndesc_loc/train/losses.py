@@ -104,7 +104,7 @@ def descriptor_loss(d0, d1, kp0, kp1, valid, image_ids, conf: dict, dense: tuple
         losses.append((1 - quantized_ap(scores, labels, m, conf["nq"])).mean())
         aps.append(exact_ap_single_positive(pos.detach(), negs.detach(), mask).mean())
     out = {"loss": sum(losses) / 2, "ap": sum(aps) / 2}
-    if conf.get("unmatched_weight", 0):
+    if conf["unmatched_weight"]:
         out["loss"] = out["loss"] + conf["unmatched_weight"] * unmatched_uniformity(
             d0, d1, valid, conf["unmatched_temperature"])
     return out
