@@ -127,6 +127,19 @@ def test_descriptor_co_training_at_the_heads_detections(tmp_path, mode, train_he
     assert header.startswith("step,loss,cosim,peaky,reliability,ap,desc_ap,lr,")
 
 
+def test_descriptor_co_training_with_the_match_reward(tmp_path):
+    """loss.reward_weight: view 1's own detections are matched against view 0's; on a fixed
+    batch the expected reward of mutual matches rises, the head's AP term stays in the loss."""
+    from hndesc_loc.train.detector_trainer import DetectorTrainer
+
+    t = DetectorTrainer({**small_detector_conf(tmp_path, train_head=False, descriptor={"train": "mlp", "num_keypoints": 96}),
+                         "loss": {"reward_weight": 1.0, "reward_wrong_radius": 3.0}})
+    batch = t.dataset.batch(np.random.default_rng(0), [0, 1])
+    first, out = fit_batch(t, batch, 20)
+    assert float(out["reward"]) > float(first["reward"]) + 0.01, (first, out)
+    assert float(out["desc_ap"]) > float(first["desc_ap"]), (first, out)
+
+
 def test_unknown_descriptor_training_mode_is_a_clear_error(tmp_path):
     from hndesc_loc.train.detector_trainer import DetectorTrainer
 

@@ -222,15 +222,15 @@ def _tiny_conf(tmp_path, **kw):
     return conf
 
 
-@pytest.mark.parametrize("dense_grid", [0, 4])
-def test_killed_and_resumed_run_is_bit_identical(tmp_path, dense_grid):
+@pytest.mark.parametrize("loss", [{"dense_grid": 0}, {"dense_grid": 4},
+                                  {"dense_grid": 4, "dense_negatives": False, "reward_weight": 1.0}])
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, loss):
     """6 steps in one go == 3 steps, a new process-like Trainer resuming latest.pt, 3 more
     (batches are keyed by step; the kNN graph and RNG states travel in the checkpoint; the dense
     negatives' grids are keyed by step too)."""
     import torch
     from hndesc_loc.train.trainer import Trainer
 
-    loss = {"dense_grid": dense_grid}
     a = Trainer(_tiny_conf(tmp_path / "a", loss=loss))
     a.train()
     b = Trainer(_tiny_conf(tmp_path / "b", iterations=3, loss=loss))
@@ -488,3 +488,42 @@ def test_unknown_training_stage_is_a_clear_error():
 
     with pytest.raises(ValueError, match="Unknown stage 'detectr'"):
         trainer_class({"stage": "detectr"})
+
+
+def test_expected_match_reward_prices_mutual_matches_of_points_without_partner():
+    """+1 per sharp mutual match on the partner, -penalty when a point without partner takes one."""
+    D = 8
+    e = torch.eye(D)
+    d1 = e[:, :3][None]                                       # view 1: three distinct points
+    kp1 = torch.tensor([[[10.0, 10.0], [50.0, 10.0], [10.0, 50.0]]])
+    usable1 = torch.ones(1, 3, dtype=torch.bool)
+    # View 0: points 0, 1 have partners 0, 1; point 2 lands outside view 1.
+    kp0_in1 = torch.tensor([[[10.0, 10.0], [50.0, 11.0], [0.0, 0.0]]])
+    inside0 = torch.tensor([[True, True, False]])
+    args = (kp0_in1, inside0, kp1, usable1, 0.01, 3.0, 6.0, 0.5)
+    right = e[:, [0, 1, 5]][None]                             # the partnerless point is unlike all of view 1:
+    r_right = losses.expected_match_reward(right, d1, *args)  # it still takes the free point 2 with chance 1/3 x 1/3
+    assert r_right == pytest.approx((2 - 0.5 / 9) / 3, abs=1e-4)
+    hub = e[:, [0, 1, 2]][None]                               # ... or it copies view-1 point 2: a sharp wrong match
+    assert losses.expected_match_reward(hub, d1, *args) == pytest.approx((2 - 0.5) / 3, abs=1e-4)
+    swapped = e[:, [1, 0, 5]][None]                           # partners exchanged: two wrong mutual matches
+    assert losses.expected_match_reward(swapped, d1, *args) == pytest.approx((-1 - 0.5 / 9) / 3, abs=1e-4)
+    # An unusable view-1 column takes no match: with column 1 masked, point 1 has nobody to match.
+    masked = losses.expected_match_reward(right, d1, kp0_in1, inside0, kp1, torch.tensor([[True, False, True]]),
+                                          0.01, 3.0, 6.0, 0.5)
+    assert torch.isfinite(masked) and masked < r_right
+
+
+def test_trainer_adds_the_match_reward_with_a_grid(tmp_path):
+    from hndesc_loc.train.trainer import Trainer
+
+    conf = _tiny_conf(tmp_path, iterations=2, val_every=2, checkpoint_every=2,
+                      loss={"dense_grid": 4, "dense_negatives": False, "reward_weight": 1.0})
+    t = Trainer(conf)
+    t.train()
+    rows = (tmp_path / "log.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(np.isfinite(float(r.split(",")[1])) for r in rows)
+    with pytest.raises(ValueError, match="loss.reward_radius"):
+        Trainer({**conf, "loss": {"reward_radius": 8.0}})
+    with pytest.raises(ValueError, match="loss.reward_weight"):
+        Trainer({**conf, "loss": {"reward_weight": -1.0}})

@@ -78,7 +78,9 @@ def main(argv=None):
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/latest.pt")
     parser.add_argument("--show-samples", action="store_true", help="write output_dir/samples.png and exit")
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides as key.sub=value (YAML values), e.g. optim.lr=0.0001 threads=1; "
+                             "the run writes to the config's output_dir unless output_dir=... is given")
     args = parser.parse_args(argv)
     conf = parse_overrides(load_config(args.config), args.overrides)
     trainer = trainer_class(conf)(conf)

@@ -151,6 +151,17 @@ def warp_inside(H: np.ndarray, pts: np.ndarray, size: int) -> tuple[np.ndarray, 
     return np.where(inside[:, None], warped, 0.0), inside
 
 
+def warp_into_view1(H: torch.Tensor, kp0: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points kp0 [B,K,2] of view 0 through H [B,3,3] into a size x size view 1 -> (kp1 [B,K,2],
+    valid [B,K]) on kp0's device; points that leave the view are set to 0 (finite: NaN would leak
+    through masks)."""
+    kp1 = torch.from_numpy(np.stack([warp_points(h, k) for h, k in zip(H.detach().cpu().double().numpy(),
+                                                                       kp0.detach().cpu().double().numpy())]))
+    kp1 = kp1.float().to(kp0.device)
+    valid = (torch.isfinite(kp1) & (kp1 >= 0) & (kp1 <= size - 1)).all(-1)
+    return torch.where(valid[..., None], kp1, torch.zeros_like(kp1)), valid
+
+
 def collate(samples: list[dict]) -> dict:
     out = {k: torch.stack([s[k] for s in samples]) for k in ("image0", "image1", "keypoints0", "keypoints1", "valid", "H")}
     out["index"] = torch.tensor([s["index"] for s in samples])

@@ -19,8 +19,8 @@ from ..models.detection import detect_keypoints
 from ..models.network import HNDescNet, load_network
 from ..models.sampling import sample_features
 from .detection_losses import cosim_loss, peaky_loss, reliability_loss, warp_map
-from .losses import candidate_lists, descriptor_loss, exact_ap_single_positive
-from .synthesis import warp_points
+from .losses import candidate_lists, descriptor_loss, exact_ap_single_positive, expected_match_reward
+from .data import warp_into_view1
 from .trainer import Trainer, default_conf, drop_whitening
 
 default_detector_conf = {
@@ -48,15 +48,6 @@ default_detector_conf = {
     },
 }
 DESCRIPTOR_TRAIN_MODES = ("none", "mlp", "all")
-
-
-def warp_into_view1(H: torch.Tensor, kp0: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points kp0 [B,K,2] of view 0 through H [B,3,3] into a size x size view 1 -> (kp1 [B,K,2],
-    valid [B,K]); points that leave the view are set to 0 (finite: NaN would leak through masks)."""
-    kp1 = torch.from_numpy(np.stack([warp_points(h, k) for h, k in zip(H.double().numpy(),
-                                                                       kp0.double().numpy())])).float()
-    valid = (torch.isfinite(kp1) & (kp1 >= 0) & (kp1 <= size - 1)).all(-1)
-    return torch.where(valid[..., None], kp1, torch.zeros_like(kp1)), valid
 
 
 class DetectorTrainer(Trainer):
@@ -144,28 +135,54 @@ class DetectorTrainer(Trainer):
         out = {"cosim": cosim.detach(), "peaky": peaky.detach(), "reliability": reliability.detach(),
                "ap": sum(aps) / 2}
         if c["descriptor"]["train"] != "none":
-            desc = self.descriptor_loss_at_detections(feats, (rep[:B] * rel[:B]).detach(), batch)
+            desc = self.descriptor_loss_at_detections(feats, (rep[:B] * rel[:B]).detach(), batch,
+                                                      (rep[B:] * rel[B:]).detach())
             total = total + c["descriptor"]["weight"] * desc["loss"]
             out["desc_ap"] = desc["ap"]
+            if "reward" in desc:
+                out["reward"] = desc["reward"]
         return {"total": total, "loss": total.detach(), **out}
 
-    def descriptor_loss_at_detections(self, feats: dict, scores: torch.Tensor, batch: dict) -> dict:
-        """The descriptor stage's AP loss at the head's detections in view 0 (scores [B,1,H,W] of
-        view 0; feats of both views), topped up with uniform points when a crop has fewer peaks,
-        and their warps in view 1."""
+    def detections(self, scores: torch.Tensor, B: int, size: int) -> torch.Tensor:
+        """The head's detections (scores [B,1,H,W]) as at inference, topped up with uniform points
+        when a crop has fewer peaks -> [B,K,2]."""
         c = self.conf["detection"]["descriptor"]
-        B, size = batch["image0"].shape[0], scores.shape[-1]
         border = self.conf["detection"]["border"]
         kpts, _ = detect_keypoints(scores, c["nms_radius"], 0.0, c["num_keypoints"], border, None)
-        kp0 = torch.zeros(B, c["num_keypoints"], 2)
+        pts = torch.zeros(B, c["num_keypoints"], 2)
         for i, k in enumerate(kpts):
             n = len(k)
-            kp0[i, :n] = k
+            pts[i, :n] = k
             if n < c["num_keypoints"]:
-                kp0[i, n:] = torch.from_numpy(self.rng.uniform(border, size - 1 - border, (c["num_keypoints"] - n, 2)))
+                pts[i, n:] = torch.from_numpy(self.rng.uniform(border, size - 1 - border, (c["num_keypoints"] - n, 2)))
+        return pts
+
+    def descriptor_loss_at_detections(self, feats: dict, scores: torch.Tensor, batch: dict,
+                                      scores1: torch.Tensor | None = None) -> dict:
+        """The descriptor stage's AP loss at the head's detections in view 0 (scores [B,1,H,W] of
+        view 0; feats of both views), topped up with uniform points when a crop has fewer peaks,
+        and their warps in view 1; with `loss.reward_weight`, minus the expected reward of mutual
+        matches between view 0's detections and view 1's own (scores1 [B,1,H,W])."""
+        B, size = batch["image0"].shape[0], scores.shape[-1]
+        kp0 = self.detections(scores, B, size)
         kp1, valid = warp_into_view1(batch["H"], kp0, size)
-        d = self.net.describe(feats, torch.cat([kp0, kp1]))
-        return descriptor_loss(d[:B], d[B:], kp0, kp1, valid, batch["index"], self.conf["loss"])
+        lc = self.conf["loss"]
+        if not lc["reward_weight"]:
+            d = self.net.describe(feats, torch.cat([kp0, kp1]))
+            return descriptor_loss(d[:B], d[B:], kp0, kp1, valid, batch["index"], lc)
+        # With the reward: view 1's own detections too, matched against view 0's as at inference.
+        det1 = self.detections(scores1, B, size)
+        K = kp0.shape[1]
+        # One describe call needs one point count per image: view 0's points are passed twice.
+        d = self.net.describe(feats, torch.cat([torch.cat([kp0, kp0], 1), torch.cat([kp1, det1], 1)]))
+        d0, d1, d1_det = d[:B, :, :K], d[B:, :, :K], d[B:, :, K:]
+        out = descriptor_loss(d0, d1, kp0, kp1, valid, batch["index"], lc)
+        reward = expected_match_reward(d0, d1_det, kp1, valid, det1, torch.ones_like(valid),
+                                       lc["reward_temperature"], lc["reward_radius"], lc["reward_wrong_radius"],
+                                       lc["reward_penalty"])
+        out["loss"] = out["loss"] - lc["reward_weight"] * reward
+        out["reward"] = reward.detach()
+        return out
 
     @torch.no_grad()
     def validate(self) -> dict:

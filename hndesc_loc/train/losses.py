@@ -1,5 +1,5 @@
-"""Listwise AP loss with in-pair / in-batch / random negative mining, and the global
-head's contrastive loss."""
+"""Listwise AP loss with in-pair / in-batch / random negative mining, the expected reward of
+mutual matches (DISK's reward, in closed form), and the global head's contrastive loss."""
 from __future__ import annotations
 
 import torch
@@ -126,6 +126,34 @@ def unmatched_uniformity(d0: torch.Tensor, d1: torch.Tensor, valid: torch.Tensor
     if not rows.any():
         return sim.new_zeros(())
     return (n.log() - entropy)[rows].mean()
+
+
+def expected_match_reward(d0: torch.Tensor, d1: torch.Tensor, kp0_in1: torch.Tensor, inside0: torch.Tensor,
+                          kp1: torch.Tensor, usable1: torch.Tensor, temperature: float, radius: float,
+                          wrong_radius: float, penalty: float) -> torch.Tensor:
+    """Expected reward of mutual nearest-neighbour matching, DISK's reward without its sampling.
+
+    Matching as DISK's policy: i in view 0 picks j in view 1 with P(j|i) = softmax_j(s_ij / T),
+    j picks i with P(i|j) = softmax_i(s_ij / T); the pair is kept when both pick each other,
+    probability P(j|i) P(i|j). A kept pair earns +1 when i, taken into view 1, lies within `radius`
+    of j, and -`penalty` when it lies beyond `wrong_radius` or outside view 1 (0 in between:
+    neighbouring detections). The AP loss ranks each anchor's partner first; this term also
+    prices the mutual matches of points that have no partner, which mutual matching keeps unless
+    the descriptor leaves them ambiguous.
+    d0 [B,D,N] view-0 descriptors, kp0_in1 [B,N,2] their positions in view 1, inside0 [B,N];
+    d1 [B,D,M] view-1 descriptors at kp1 [B,M,2], usable1 [B,M] (False: not a point of view 1).
+    Returns the expected reward per view-0 point, averaged over pairs (scalar, higher is better)."""
+    logits = torch.einsum("bdn,bdm->bnm", d0, d1) / temperature
+    cols = usable1[:, None, :]
+    masked = logits.masked_fill(~cols, float("-inf"))
+    p_row = torch.softmax(masked, -1)                                  # P(j|i), over view 1
+    p_col = torch.softmax(masked, 1).nan_to_num(0.0)                   # P(i|j), over view 0 (empty columns: 0)
+    dist = torch.cdist(kp0_in1, kp1)                                   # [B,N,M] px in view 1
+    right = (dist <= radius) & inside0[..., None]
+    wrong = (dist > wrong_radius) | ~inside0[..., None]
+    reward = right.float() - penalty * wrong.float()
+    mutual = (p_row * p_col).masked_fill(~cols, 0.0)
+    return ((mutual * reward).sum((1, 2)) / d0.shape[-1]).mean()
 
 
 def global_contrastive_loss(g0: torch.Tensor, g1: torch.Tensor, image_ids: torch.Tensor, temperature: float) -> torch.Tensor:

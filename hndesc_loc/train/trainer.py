@@ -22,8 +22,10 @@ from .. import logger
 from ..models.network import HNDescNet
 from ..utils.base_model import merge_conf
 from . import ddp
-from .data import PairDataset, StepBatches, collate, collect_images, knn_batches, knn_graph, load_source
-from .losses import descriptor_loss, exact_ap_single_positive, candidate_lists, global_contrastive_loss, jittered_grid
+from .data import (PairDataset, StepBatches, collate, collect_images, knn_batches, knn_graph, load_source,
+                   warp_into_view1)
+from .losses import (candidate_lists, descriptor_loss, exact_ap_single_positive, expected_match_reward,
+                     global_contrastive_loss, jittered_grid)
 from .synthesis import default_homography_conf, default_photometric_conf
 
 default_conf = {
@@ -68,11 +70,18 @@ default_conf = {
         "mining": "in_batch",      # in_pair | in_batch | random
         "num_hard_negatives": 20,  # k hardest (or random) negatives from the other crops
         "neg_radius": 6.0,         # px: points this close to the positive are not negatives
-        "dense_grid": 0,           # n: also an n x n jittered grid of points over each crop as in-pair
-                                   # negatives of the other view's anchors (0: keypoints only)
+        "dense_grid": 0,           # n: also an n x n jittered grid of points over each crop (0: keypoints only)
+        "dense_negatives": True,   # the grid's points join the AP loss as in-pair negatives of the other view's anchors
         "nq": 20,                  # AP quantisation bins
         "unmatched_weight": 0.0,   # weight of `unmatched_uniformity` (view-0 keypoints with no partner in view 1)
         "unmatched_temperature": 0.05,
+        # Expected reward of mutual matches (`losses.expected_match_reward`) over keypoints and grid
+        # points of both views, subtracted from the loss with this weight (0: off).
+        "reward_weight": 0.0,
+        "reward_temperature": 0.05,  # softmax temperature of the match probabilities (similarity units)
+        "reward_radius": 3.0,        # px in view 1: a kept match this close is right (+1)
+        "reward_wrong_radius": 6.0,  # px: a kept match this far is wrong (in between: neither)
+        "reward_penalty": 0.25,      # cost of a wrong kept match (or of a point outside view 1)
         "global_weight": 0.1,
         "global_temperature": 0.07,
     },
@@ -116,6 +125,11 @@ class Trainer:
             raise ValueError(f"loss.dense_grid must be a whole number >= 0 (0: no grid), not {conf['loss']['dense_grid']!r}.")
         if conf["loss"]["unmatched_weight"] < 0 or conf["loss"]["unmatched_temperature"] <= 0:
             raise ValueError("loss.unmatched_weight must be >= 0 (0: off) and loss.unmatched_temperature > 0.")
+        lc = conf["loss"]
+        if lc["reward_weight"] < 0 or lc["reward_temperature"] <= 0 or lc["reward_penalty"] < 0 or not (
+                0 < lc["reward_radius"] <= lc["reward_wrong_radius"]):
+            raise ValueError("loss.reward_weight and loss.reward_penalty must be >= 0, loss.reward_temperature > 0, "
+                             "and 0 < loss.reward_radius <= loss.reward_wrong_radius.")
         if conf["batch_size"] % self.world:
             raise ValueError(f"batch_size {conf['batch_size']} (the global batch) must be a multiple of the "
                              f"{self.world} processes of torchrun.")
@@ -282,12 +296,31 @@ class Trainer:
         d0, d1, g0, g1 = gather(desc[:B]), gather(desc[B:]), gather(g[:B]), gather(g[B:])
         kp0, kp1, valid, index = (gather(batch[k]) for k in ("keypoints0", "keypoints1", "valid", "index"))
         grids = (gather(dense[:B]), gather(kps[:B, K:]), gather(dense[B:]), gather(kps[B:, K:])) if side else None
-        out = descriptor_loss(d0, d1, kp0, kp1, valid, index, self.conf["loss"], grids)
+        lc = self.conf["loss"]
+        out = descriptor_loss(d0, d1, kp0, kp1, valid, index, lc, grids if lc["dense_negatives"] else None)
+        if lc["reward_weight"]:
+            reward = self.match_reward(d0, d1, kp1, valid, gather(batch["H"]), grids, images.shape[-1])
+            out["loss"] = out["loss"] - lc["reward_weight"] * reward
+            out["reward"] = reward.detach()
         out["global"] = global_contrastive_loss(g0, g1, index, self.conf["loss"]["global_temperature"])
         # Same loss on every process; DDP averages gradients, so scale to the global batch's gradient.
         out["total"] = (out["loss"] + self.conf["loss"]["global_weight"] * out["global"]) * self.world
         out["loss"], out["global"] = out["loss"].detach(), out["global"].detach()
         return out
+
+    def match_reward(self, d0, d1, kp1, valid, H, grids, size: int) -> torch.Tensor:
+        """`expected_match_reward` of view 0's keypoints (and grid points) against view 1's
+        partners (and grid points). View 1 holds the warps of view 0's keypoints that land inside
+        it; grid points are placed independently in each view, so most have no partner there."""
+        lc = self.conf["loss"]
+        pts0_in1, inside0, pts1, usable1 = kp1, valid, kp1, valid
+        if grids is not None:
+            g0_in1, g0_inside = warp_into_view1(H, grids[1], size)
+            pts0_in1, inside0 = torch.cat([kp1, g0_in1], 1), torch.cat([valid, g0_inside], 1)
+            pts1, usable1 = torch.cat([kp1, grids[3]], 1), torch.cat([valid, torch.ones_like(g0_inside)], 1)
+            d0, d1 = torch.cat([d0, grids[0]], -1), torch.cat([d1, grids[2]], -1)
+        return expected_match_reward(d0, d1, pts0_in1, inside0, pts1, usable1, lc["reward_temperature"],
+                                     lc["reward_radius"], lc["reward_wrong_radius"], lc["reward_penalty"])
 
     @torch.no_grad()
     def validate(self) -> dict:
