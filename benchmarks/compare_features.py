@@ -15,7 +15,8 @@ from descriptor_quality import ROOT, evaluate_methods, method_confs  # noqa: E40
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_quality")
+    p.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_quality",
+                   help="folder of descriptor_quality.py whose features are compared (default: %(default)s)")
     a = p.parse_args()
     confs = {k: v for k, v in method_confs([]).items() if k in ("hndesc (lite, shipped)", "opencv sift (defaults)",
                                                                 "sift-desc on same kpts", "disk")}

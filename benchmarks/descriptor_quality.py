@@ -115,7 +115,8 @@ def detection_figures(outputs: Path, conf: dict, label: str) -> list[Path]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_quality")
+    p.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_quality",
+                   help="folder for the generated set, features, results and figures (default: %(default)s)")
     p.add_argument("--weights", nargs="*", type=Path, default=[], help="more HNDesc checkpoints to compare")
     p.add_argument("--joint_weights", nargs="*", type=Path, default=[],
                    help="more hndesc_joint checkpoints (runs/<name>/best_val.pt) to compare")

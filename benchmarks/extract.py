@@ -50,7 +50,7 @@ def colmap_sift(image_dir, names, out):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--num_images", type=int, default=12)
+    p.add_argument("--num_images", type=int, default=12, help="images timed per method (default: %(default)s)")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp())
     names = make_images(tmp / "images", 1024, a.num_images)

@@ -17,9 +17,10 @@ from hndesc_loc.io import list_h5_names
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--n", type=int, default=100_000)
-    p.add_argument("--k", type=int, default=50)
-    p.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--n", type=int, default=100_000, help="random unit vectors in the database (default: %(default)s)")
+    p.add_argument("--k", type=int, default=50, help="recall@k: neighbours compared with exact search (default: %(default)s)")
+    p.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64],
+                   help="IVF lists visited per query, one row each (default: %(default)s)")
     a = p.parse_args()
     from hndesc_loc.synthetic.scene import generate
 

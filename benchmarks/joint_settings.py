@@ -19,7 +19,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("settings", nargs="+", help="e.g. nms_radius=1,refine_temperature=0.2")
     p.add_argument("--weights", default="default", help="joint checkpoint (default: shipped)")
-    p.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_joint_settings")
+    p.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_joint_settings",
+                   help="folder for the generated set, features and results (default: %(default)s)")
     a = p.parse_args()
     confs = {s: extract_features.parse_overrides(
         extract_features.confs["hndesc_joint"], [f"model.weights={a.weights}"] + [f"model.{x}" for x in s.split(",")])

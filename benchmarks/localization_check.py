@@ -9,7 +9,7 @@ A variant is a feature conf name followed by overrides (as extract_features' CLI
 overrides give its feature, match and results files their own names (hloc's naming plus a hash),
 so variants share a scene's folder (pairs, global descriptors) but never their features.
 Printed: recall at (0.25 m, 2°) / (0.5 m, 5°) / (5 m, 10°) and the median position error, day and
-night, per scene; saved as JSON in the outputs folder.
+night, per scene; saved as JSON in the outputs folder with every query's errors.
 """
 import argparse
 import json
@@ -40,7 +40,8 @@ def check(outputs: Path, conf: str, overrides: list[str]) -> dict:
         for cond in ("day", "night"):
             names = [q.split("/")[-1] for q in queries if f"/{cond}/" in q]
             ev = evaluate(results, gt, names)
-            rows[f"{name} {cond}"] = {"recall": ev["recall"], "median_t": ev["median_t"], "num": ev["num"]}
+            rows[f"{name} {cond}"] = {"recall": ev["recall"], "median_t": ev["median_t"], "num": ev["num"],
+                                      "errors": ev["errors"]}   # per query: (position m, rotation °)
     return rows
 
 

@@ -25,8 +25,8 @@ def numpy_mutual_nn(d0: np.ndarray, d1: np.ndarray, ratio: float) -> np.ndarray:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--pairs", type=int, default=20)
-    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--pairs", type=int, default=20, help="pairs timed per matcher (default: %(default)s)")
+    p.add_argument("--n", type=int, default=4096, help="keypoints per image (default: %(default)s)")
     a = p.parse_args()
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)

@@ -37,6 +37,23 @@ def test_learned_whitening_suppresses_the_directions_positives_differ_in():
     assert float(projection.abs().max()) == pytest.approx(1.0)
 
 
+def test_whitening_power_shrinks_towards_centring_only():
+    train0, train1 = nuisance_pairs(4000, seed=0)
+    test0, test1 = nuisance_pairs(500, seed=1)
+    acc = []
+    for power in (0.0, 0.5, 1.0):
+        mean, projection = learn_whitening(train0, train1, power=power)
+        w = DescriptorWhitening(16)
+        w.set(mean, projection)
+        acc.append(nn_accuracy(*(w(t.T[None])[0].T for t in (test0, test1))))
+        if power == 0:   # centring and a rotation only: similarities of the centred descriptors
+            centred = torch.nn.functional.normalize(test0 - mean, dim=1)
+            assert torch.allclose(w(test0.T[None])[0].T @ w(test0.T[None])[0], centred @ centred.T, atol=1e-4)
+    assert acc[0] < acc[1] < acc[2], acc
+    with pytest.raises(ValueError, match="power must be in"):
+        learn_whitening(train0, train1, power=1.5)
+
+
 def test_too_few_pairs_or_mismatched_shapes_are_clear_errors():
     a, b = nuisance_pairs(20)
     with pytest.raises(ValueError, match="at least 32"):

@@ -41,14 +41,18 @@ class DescriptorWhitening(nn.Module):
         self.active.fill_(False)
 
 
-def learn_whitening(desc0: torch.Tensor, desc1: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+def learn_whitening(desc0: torch.Tensor, desc1: torch.Tensor, eps: float = 1e-4,
+                    power: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Whitening from matching descriptors desc0[i] <-> desc1[i], both [M,D].
 
-    Returns (mean [D], projection [D,D]): projection = R C_pos^(-1/2), C_pos the covariance of
+    Returns (mean [D], projection [D,D]): projection = R C_pos^(-power/2), C_pos the covariance of
     the differences desc0 - desc1 (eigenvalues floored at eps x the largest, so that directions
     in which positives never differ are not blown up without bound) and R the principal axes of
-    the descriptors whitened that way, largest variance first. Scaled so that its largest entry is 1
-    (the descriptor is normalised after it; the scale keeps float16 storage safe)."""
+    the descriptors whitened that way, largest variance first. power 1 whitens fully, 0 only
+    centres; in between shrinks towards the unwhitened descriptor. Scaled so that its largest
+    entry is 1 (the descriptor is normalised after it; the scale keeps float16 storage safe)."""
+    if not 0 <= power <= 1:
+        raise ValueError(f"whitening power must be in [0, 1] (1: full whitening, 0: centring only), not {power}")
     if desc0.shape != desc1.shape or desc0.ndim != 2:
         raise ValueError(f"matching descriptors must both be [M,D], got {tuple(desc0.shape)} and {tuple(desc1.shape)}")
     dim = desc0.shape[1]
@@ -59,7 +63,7 @@ def learn_whitening(desc0: torch.Tensor, desc1: torch.Tensor, eps: float = 1e-4)
     mean = x.mean(0)
     w, v = torch.linalg.eigh(torch.cov((a - b).T))
     w = w.clamp(min=float(w.max()) * eps)
-    inv_sqrt = v @ torch.diag(w.rsqrt()) @ v.T
+    inv_sqrt = v @ torch.diag(w.pow(-power / 2)) @ v.T
     _, r = torch.linalg.eigh(torch.cov(((x - mean) @ inv_sqrt.T).T))
     projection = r.flip(1).T @ inv_sqrt
     return mean.float(), (projection / projection.abs().max()).float()

@@ -75,10 +75,10 @@ def positive_pairs(net, dataset: PairDataset, num_pairs: int, seed: int,
 
 
 def main(weights: Path, config: Path, output: Path, num_pairs: int = 400, seed: int = 0,
-         keypoints: str = "sift") -> dict:
+         keypoints: str = "sift", power: float = 1.0) -> dict:
     """Write `output`: the weights file `weights` with a whitening learned on `num_pairs`
     synthetic pairs drawn from the training data of `config`, at `keypoints` (see
-    `positive_pairs`). Returns the written dict."""
+    `positive_pairs`), of strength `power` (`learn_whitening`). Returns the written dict."""
     if not Path(weights).is_file():
         raise FileNotFoundError(f"Weights file {weights} does not exist: pass a file written by "
                                 "`python -m hndesc_loc.train.export`, e.g. hndesc_loc/weights/hndesc_effnet_std.pt.")
@@ -94,13 +94,13 @@ def main(weights: Path, config: Path, output: Path, num_pairs: int = 400, seed: 
                          "learned from the training photos.")
     torch.manual_seed(seed)
     desc0, desc1 = positive_pairs(net, PairDataset(sources, conf, seed=seed), num_pairs, seed, keypoints)
-    mean, projection = learn_whitening(desc0, desc1)
+    mean, projection = learn_whitening(desc0, desc1, power=power)
     net.whitening.set(mean, projection)
     model = dict(ckpt["model"])
     model.update({f"whitening.{k}": v.clone() for k, v in net.whitening.state_dict().items()})
     out = {**ckpt, "model": model,
            "whitening": {"config": str(config), "num_pairs": num_pairs, "descriptor_pairs": len(desc0),
-                         "seed": seed, "keypoints": keypoints, "from": str(weights)}}
+                         "seed": seed, "keypoints": keypoints, "power": power, "from": str(weights)}}
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     torch.save(out, tmp)
@@ -121,10 +121,15 @@ def cli(argv=None):
     p.add_argument("--keypoints", choices=KEYPOINTS, default="sift",
                    help="where descriptors are taken: 'sift' (training's keypoints, for `hndesc`) or 'detector' "
                         "(the file's detection head, for `hndesc_joint`)")
+    p.add_argument("--power", type=float, default=1.0,
+                   help="whitening strength in [0, 1]: 1 whitens fully, smaller values shrink towards the "
+                        "unwhitened descriptor (eigenvalues raised to -power/2)")
     a = p.parse_args(argv)
+    if not 0 <= a.power <= 1:
+        raise ValueError(f"--power must be in [0, 1], not {a.power}.")
     if a.num_pairs < 1:
         raise ValueError("--num_pairs must be at least 1.")
-    main(a.weights, a.config, a.output, a.num_pairs, a.seed, a.keypoints)
+    main(a.weights, a.config, a.output, a.num_pairs, a.seed, a.keypoints, a.power)
 
 
 if __name__ == "__main__":
