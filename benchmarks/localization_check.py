@@ -11,7 +11,6 @@ so variants share a scene's folder (pairs, global descriptors) but never their f
 Printed: recall at (0.25 m, 2°) / (0.5 m, 5°) / (5 m, 10°) and the median position error, day and
 night, per scene; saved as JSON in the outputs folder with every query's errors.
 """
-import argparse
 import json
 import shlex
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from hndesc_loc.evaluate import evaluate, format_recall
 from hndesc_loc.io import read_poses, write_text_atomic
 from hndesc_loc.synthetic.scene import generate
+from hndesc_loc.utils.cli import Parser, run as run_cli
 
 # The demo's scene (pipelines.demo) and the scene of tests/conftest.py, with their num_loc.
 SCENES = {
@@ -46,17 +46,22 @@ def check(outputs: Path, conf: str, overrides: list[str]) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from hndesc_loc.extract_features import local_confs
+
+    p = Parser(description=__doc__)
     p.add_argument("--outputs", type=Path, default=Path("outputs/loc_check"),
-                   help="folder for the scenes, pipeline outputs and loc_check.json (default: %(default)s)")
+                   help="folder for the scenes, pipeline outputs and loc_check.json")
     p.add_argument("--confs", nargs="*", default=["hndesc"],
-                   help="shipped feature confs to run as they are (default: %(default)s)")
+                   help="shipped feature confs to run as they are")
     p.add_argument("--variant", nargs="*", default=[],
                    help='"CONF key=value ...": a feature conf with overrides, e.g. "hndesc_joint model.weights=W"')
     a = p.parse_args(argv)
     variants = [(c, []) for c in a.confs] + [(v[0], v[1:]) for v in map(shlex.split, a.variant)]
     if not variants:
-        raise SystemExit("Nothing to run: name at least one --confs or --variant.")
+        raise ValueError("Nothing to run: name at least one --confs or --variant.")
+    unknown = sorted({c for c, _ in variants} - set(local_confs()))
+    if unknown:
+        raise KeyError(f"Unknown feature conf(s) {unknown}: choose among {sorted(local_confs())}.")
     table = {}
     for conf, overrides in variants:
         label = " ".join([conf, *overrides])
@@ -72,4 +77,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
