@@ -121,11 +121,11 @@ class Trainer:
         torch.set_num_threads(conf["threads"])
         self.rank, _, self.world = ddp.world()
         self.device = ddp.init(resolve_device(conf["device"]))
-        if not isinstance(conf["loss"]["dense_grid"], int) or conf["loss"]["dense_grid"] < 0:
-            raise ValueError(f"loss.dense_grid must be a whole number >= 0 (0: no grid), not {conf['loss']['dense_grid']!r}.")
-        if conf["loss"]["unmatched_weight"] < 0 or conf["loss"]["unmatched_temperature"] <= 0:
-            raise ValueError("loss.unmatched_weight must be >= 0 (0: off) and loss.unmatched_temperature > 0.")
         lc = conf["loss"]
+        if not isinstance(lc["dense_grid"], int) or lc["dense_grid"] < 0:
+            raise ValueError(f"loss.dense_grid must be a whole number >= 0 (0: no grid), not {lc['dense_grid']!r}.")
+        if lc["unmatched_weight"] < 0 or lc["unmatched_temperature"] <= 0:
+            raise ValueError("loss.unmatched_weight must be >= 0 (0: off) and loss.unmatched_temperature > 0.")
         if lc["reward_weight"] < 0 or lc["reward_temperature"] <= 0 or lc["reward_penalty"] < 0 or not (
                 0 < lc["reward_radius"] <= lc["reward_wrong_radius"]):
             raise ValueError("loss.reward_weight and loss.reward_penalty must be >= 0, loss.reward_temperature > 0, "
