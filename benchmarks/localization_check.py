@@ -15,7 +15,7 @@ import json
 import shlex
 from pathlib import Path
 
-from hndesc_loc.evaluate import evaluate, format_recall
+from hndesc_loc.evaluate import evaluate_conditions, format_recall
 from hndesc_loc.io import read_poses, write_text_atomic
 from hndesc_loc.synthetic.scene import generate
 from hndesc_loc.utils.cli import Parser, run as run_cli
@@ -37,9 +37,7 @@ def check(outputs: Path, conf: str, overrides: list[str]) -> dict:
                          feature_conf=conf, overrides={"features": overrides} if overrides else None)
         results, gt = read_poses(out["results"]), read_poses(scene["ground_truth"])
         queries = [line.split()[0] for line in out["queries"].read_text().splitlines()]
-        for cond in ("day", "night"):
-            names = [q.split("/")[-1] for q in queries if f"/{cond}/" in q]
-            ev = evaluate(results, gt, names)
+        for cond, ev in evaluate_conditions(results, gt, queries).items():
             rows[f"{name} {cond}"] = {"recall": ev["recall"], "median_t": ev["median_t"], "num": ev["num"],
                                       "errors": ev["errors"]}   # per query: (position m, rotation °)
     return rows

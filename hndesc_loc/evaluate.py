@@ -46,6 +46,14 @@ def evaluate(results: dict, ground_truth: dict, names: list[str] | None = None) 
             "errors": {n: e.tolist() for n, e in zip(names, errs)}}
 
 
+def evaluate_conditions(results: dict, ground_truth: dict, queries: list[str],
+                        conditions: tuple[str, ...] = ("day", "night")) -> dict:
+    """`evaluate` per query condition: queries are Aachen-style names ('query/night/.../IMG.jpg'),
+    results and ground truth are keyed by basename (the results format). -> {condition: evaluate(...)}"""
+    return {cond: evaluate(results, ground_truth, [q.split("/")[-1] for q in queries if f"/{cond}/" in f"/{q}"])
+            for cond in conditions}
+
+
 def format_recall(recall: list[float]) -> str:
     """visuallocalization.net style: '87.8 / 95.9 / 99.0'."""
     return " / ".join(f"{100 * r:.1f}" for r in recall)

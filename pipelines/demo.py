@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from hndesc_loc import logger
-from hndesc_loc.evaluate import evaluate, format_recall
+from hndesc_loc.evaluate import evaluate_conditions, format_recall
 from hndesc_loc.io import read_poses, write_text_atomic
 from hndesc_loc.synthetic.scene import generate
 from hndesc_loc.viz import localization_figure
@@ -35,9 +35,7 @@ def main(argv=None):
     queries = [line.split()[0] for line in out["queries"].read_text().splitlines()]
     summary = {}
     print("\nRecall (0.25m, 2°) / (0.5m, 5°) / (5m, 10°) on the synthetic scene:")
-    for cond in ("day", "night"):
-        names = [q.split("/")[-1] for q in queries if q.startswith(f"query/{cond}/")]
-        ev = evaluate(results, gt, names)
+    for cond, ev in evaluate_conditions(results, gt, queries).items():
         summary[cond] = {k: ev[k] for k in ("recall", "median_t", "median_R", "num")}
         print(f"  {cond:5s} ({ev['num']:2d} queries): {format_recall(ev['recall'])}   "
               f"median {ev['median_t']:.3f} m, {ev['median_R']:.2f}°")

@@ -102,3 +102,17 @@ def test_truncated_jpeg_is_refused_and_complete_ones_read_as_opencv_reads_them(t
     assert cv2.imread(str(tmp_path / "cut.jpg")) is not None     # what the check is for
     with pytest.raises(ValueError, match="cut.jpg is truncated"):
         read_image(tmp_path / "cut.jpg")
+
+
+def test_evaluate_conditions_splits_queries_by_their_folder():
+    import numpy as np
+
+    from hndesc_loc.evaluate import evaluate_conditions
+
+    pose = (np.array([1.0, 0, 0, 0]), np.zeros(3))
+    gt = {"a.jpg": pose, "b.jpg": pose, "c.jpg": pose}
+    results = {"a.jpg": pose, "c.jpg": (pose[0], np.array([3.0, 0, 0]))}
+    queries = ["query/day/milestone/a.jpg", "query/night/nexus5x/b.jpg", "query/night/nexus5x/c.jpg"]
+    ev = evaluate_conditions(results, gt, queries)
+    assert ev["day"]["num"] == 1 and ev["day"]["recall"] == [1.0, 1.0, 1.0]
+    assert ev["night"]["num"] == 2 and ev["night"]["recall"] == [0.0, 0.0, 0.5]   # b missing, c 3 m off

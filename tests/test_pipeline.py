@@ -6,16 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hndesc_loc.evaluate import evaluate
+from hndesc_loc.evaluate import evaluate, evaluate_conditions
 from hndesc_loc.io import read_poses
-
-
-def split_eval(results, gt, queries):
-    out = {}
-    for cond in ("day", "night"):
-        names = [q.split("/")[-1] for q in queries if f"/{cond}/" in q]
-        out[cond] = evaluate(results, gt, names)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +22,7 @@ def test_aachen_pipeline_localizes_day_and_night(scene, aachen_run):
     results, gt = read_poses(aachen_run["results"]), read_poses(scene["ground_truth"])
     queries = [line.split()[0] for line in aachen_run["queries"].read_text().splitlines()]
     assert set(results) == {q.split("/")[-1] for q in queries}  # basenames, one line per query
-    ev = split_eval(results, gt, queries)
+    ev = evaluate_conditions(results, gt, queries)
     assert ev["day"]["recall"][0] == 1.0, ev["day"]
     assert ev["day"]["median_t"] < 0.05 and ev["day"]["median_R"] < 0.3
     assert ev["night"]["recall"][2] >= 0.8, ev["night"]["errors"]
@@ -49,7 +41,7 @@ def test_aachen_pipeline_with_hndesc_joint(scene, tmp_path):
     out = aachen.run(scene["aachen"], tmp_path, num_covis=10, num_loc=8, feature_conf="hndesc_joint")
     results, gt = read_poses(out["results"]), read_poses(scene["ground_truth"])
     queries = [line.split()[0] for line in out["queries"].read_text().splitlines()]
-    ev = split_eval(results, gt, queries)
+    ev = evaluate_conditions(results, gt, queries)
     assert ev["day"]["recall"][2] == 1.0 and ev["day"]["recall"][0] >= 0.5, ev["day"]
     assert ev["day"]["median_t"] < 0.3 and ev["day"]["median_R"] < 1.0, ev["day"]
     assert ev["night"]["recall"][2] >= 0.8, ev["night"]["errors"]

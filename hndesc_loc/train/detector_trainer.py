@@ -173,9 +173,12 @@ class DetectorTrainer(Trainer):
         # With the reward: view 1's own detections too, matched against view 0's as at inference.
         det1 = self.detections(scores1, B, size)
         K = kp0.shape[1]
-        # One describe call needs one point count per image: view 0's points are passed twice.
-        d = self.net.describe(feats, torch.cat([torch.cat([kp0, kp0], 1), torch.cat([kp1, det1], 1)]))
-        d0, d1, d1_det = d[:B, :, :K], d[B:, :, :K], d[B:, :, K:]
+        # Views described apart (the descriptor is per point): view 1 has twice as many points.
+        view0, view1 = ({k: v[sl] if torch.is_tensor(v) else v for k, v in feats.items()}
+                        for sl in (slice(None, B), slice(B, None)))
+        d0 = self.net.describe(view0, kp0)
+        d1_all = self.net.describe(view1, torch.cat([kp1, det1], 1))
+        d1, d1_det = d1_all[..., :K], d1_all[..., K:]
         out = descriptor_loss(d0, d1, kp0, kp1, valid, batch["index"], lc)
         reward = expected_match_reward(d0, d1_det, kp1, valid, det1, torch.ones_like(valid),
                                        lc["reward_temperature"], lc["reward_radius"], lc["reward_wrong_radius"],

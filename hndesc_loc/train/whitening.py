@@ -79,6 +79,8 @@ def main(weights: Path, config: Path, output: Path, num_pairs: int = 400, seed: 
     """Write `output`: the weights file `weights` with a whitening learned on `num_pairs`
     synthetic pairs drawn from the training data of `config`, at `keypoints` (see
     `positive_pairs`), of strength `power` (`learn_whitening`). Returns the written dict."""
+    if not 0 <= power <= 1:   # checked before minutes of pair drawing, not only in learn_whitening
+        raise ValueError(f"--power must be in [0, 1], not {power}.")
     if not Path(weights).is_file():
         raise FileNotFoundError(f"Weights file {weights} does not exist: pass a file written by "
                                 "`python -m hndesc_loc.train.export`, e.g. hndesc_loc/weights/hndesc_effnet_std.pt.")
@@ -125,8 +127,6 @@ def cli(argv=None):
                    help="whitening strength in [0, 1]: 1 whitens fully, smaller values shrink towards the "
                         "unwhitened descriptor (eigenvalues raised to -power/2)")
     a = p.parse_args(argv)
-    if not 0 <= a.power <= 1:
-        raise ValueError(f"--power must be in [0, 1], not {a.power}.")
     if a.num_pairs < 1:
         raise ValueError("--num_pairs must be at least 1.")
     main(a.weights, a.config, a.output, a.num_pairs, a.seed, a.keypoints, a.power)
