@@ -169,17 +169,21 @@ def main(argv=None):
     print(f"precision / correct: matches within {real_pairs.PRECISION_PX:g} px of the GT homography (EVD) or of the "
           "epipolar lines of the annotated correspondences (WxBS), mean per pair")
     print(f"{'method':44s} {'EVD mAA':>12s} {'WxBS mAA':>12s} {'EVD prec':>9s} {'EVD corr':>9s} {'WxBS prec':>10s} "
-          f"{'WxBS corr':>10s} {'hub skew':>9s} {'pts top1':>9s} {'matches':>8s} {'s':>6s}")
+          f"{'WxBS corr':>10s} {'top100 ok':>10s} {'hub skew':>9s} {'pts top1':>9s} {'matches':>8s} {'s':>6s}")
     for name, r in results.items():
         top1 = f"{r['annotated']['top1']:9.3f}" if r["annotated"] else f"{'-':>9s}"
         print(f"{name:44s} {r['evd_maa']:6.3f}+-{r['evd_maa_std']:.3f} {r['wxbs_maa']:6.3f}+-{r['wxbs_maa_std']:.3f} {r['evd_precision']:9.3f} {r['evd_correct']:9.0f} "
-              f"{r['wxbs_precision']:10.3f} {r['wxbs_correct']:10.0f} {r['wxbs_hub_skew']:9.1f} {top1} {r['mean_matches']:8.0f} "
+              f"{r['wxbs_precision']:10.3f} {r['wxbs_correct']:10.0f} {r['wxbs_confident_right']:10.1f} "
+              f"{r['wxbs_hub_skew']:9.1f} {top1} {r['mean_matches']:8.0f} "
               f"{r['seconds']:6.1f}")
     print("WxBS mAA per pair: " + "; ".join(
         f"{name}: " + ", ".join(f"{k} {v['maa']:.3f}" for k, v in r["wxbs"].items()) for name, r in results.items()))
-    print("WxBS mutual matches / right / hub skew per pair: " + "; ".join(
-        f"{name}: " + ", ".join(f"{k} {v['matches']} / {v['correct']} / {v['hub_skew']:.1f}" for k, v in r["wxbs"].items())
+    print(f"WxBS mutual matches / right / right of the top {real_pairs.CONFIDENT_TOP} / hub skew per pair: " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v['matches']} / {v['correct']} / {v['confident_right']} / {v['hub_skew']:.1f}"
+                                for k, v in r["wxbs"].items())
         for name, r in results.items()))
+    print(f"top100 ok: right matches among the {real_pairs.CONFIDENT_TOP} mutual matches of highest descriptor "
+          "similarity, mean per WxBS pair (does the descriptor's confidence point at the right matches?)")
     print("hub skew: skewness of how often each point of image 2 is the nearest neighbour of image 1's points "
           "(high: hubs absorb clutter's neighbours, so the mutual check rejects them)")
     print(f"pts top1: WxBS annotated points whose annotated partner is nearer in descriptor space than every point "

@@ -207,15 +207,26 @@ def evd_maa(errors: list[float]) -> float:
     return float(np.mean([(e <= t).mean() for t in EVD_THRESHOLDS])) if len(e) else 0.0
 
 
-def match_mutual(f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Mutual nearest-neighbour matches -> matched keypoints (mk0 [M,2], mk1 [M,2])."""
+def match_mutual(f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mutual nearest-neighbour matches -> matched keypoints (mk0 [M,2], mk1 [M,2]) and their
+    matching scores [M] (higher: more similar descriptors)."""
     if not len(f0["keypoints"]) or not len(f1["keypoints"]):
-        return np.zeros((0, 2)), np.zeros((0, 2))
+        return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0)
     d0 = torch.from_numpy(np.asarray(f0["descriptors"], np.float32))[None]
     d1 = torch.from_numpy(np.asarray(f1["descriptors"], np.float32))[None]
-    m0 = match_nearest_neighbor(d0, d1, default_matcher_conf)["matches0"][0].numpy()
+    pred = match_nearest_neighbor(d0, d1, default_matcher_conf)
+    m0, scores = pred["matches0"][0].numpy(), pred["matching_scores0"][0].numpy()
     v = m0 > -1
-    return f0["keypoints"][v].astype(np.float64), f1["keypoints"][m0[v]].astype(np.float64)
+    return f0["keypoints"][v].astype(np.float64), f1["keypoints"][m0[v]].astype(np.float64), scores[v].astype(np.float64)
+
+
+CONFIDENT_TOP = 100  # matches: the most similar mutual matches counted by `confident_right`
+
+
+def confident_right(errors: np.ndarray, scores: np.ndarray, top: int = CONFIDENT_TOP) -> int:
+    """Right matches (error <= PRECISION_PX) among the `top` mutual matches of highest score: whether the
+    descriptor's own confidence points at the right matches (DISK's does on the day-night pair)."""
+    return int((errors[np.argsort(-scores, kind="stable")[:top]] <= PRECISION_PX).sum())
 
 
 def nn_hub_skew(desc0: np.ndarray, desc1: np.ndarray) -> float:
@@ -252,7 +263,7 @@ def evaluate(features: Callable[[Path], dict], evd: list[dict], wxbs: list[dict]
             if p[k] not in cache:
                 cache[p[k]] = features(p[k])
         f0, f1 = cache[p["image0"]], cache[p["image1"]]
-        mk0, mk1 = match_mutual(f0, f1)
+        mk0, mk1, scores = match_mutual(f0, f1)
         if "H" in p:
             errors = [homography_error(estimate_homography(mk0, mk1, seed), p["H"], tuple(f0["image_size"]),
                                        tuple(f1["image_size"])) for seed in seeds]
@@ -263,10 +274,11 @@ def evaluate(features: Callable[[Path], dict], evd: list[dict], wxbs: list[dict]
         else:
             acc = np.stack([wxbs_accuracy(estimate_fundamental(mk0, mk1, seed), p["corrs"])
                             for seed in seeds])                        # [S, T]
-            prec, good = match_precision(symmetric_epipolar_distance(gt_fundamental(p["corrs"]), mk0, mk1))
+            epi = symmetric_epipolar_distance(gt_fundamental(p["corrs"]), mk0, mk1)
+            prec, good = match_precision(epi)
             out["wxbs"][p["name"]] = {"accuracy": acc.mean(0).tolist(), "maa": float(acc.mean()),
                                       "maa_per_seed": acc.mean(1).tolist(), "matches": len(mk0),
-                                      "precision": prec, "correct": good,
+                                      "precision": prec, "correct": good, "confident_right": confident_right(epi, scores),
                                       "hub_skew": nn_hub_skew(f0["descriptors"], f1["descriptors"])}
     evd_per_seed = [evd_maa([v["errors"][i] for v in out["evd"].values()]) for i in range(len(seeds))]
     wxbs_per_seed = [float(np.mean([v["maa_per_seed"][i] for v in out["wxbs"].values()])) if out["wxbs"] else 0.0
@@ -276,6 +288,7 @@ def evaluate(features: Callable[[Path], dict], evd: list[dict], wxbs: list[dict]
     for d in ("evd", "wxbs"):
         for k in ("precision", "correct"):
             out[f"{d}_{k}"] = float(np.mean([v[k] for v in out[d].values()])) if out[d] else 0.0
+    out["wxbs_confident_right"] = float(np.mean([v["confident_right"] for v in out["wxbs"].values()])) if out["wxbs"] else 0.0
     out["wxbs_hub_skew"] = float(np.mean([v["hub_skew"] for v in out["wxbs"].values()])) if out["wxbs"] else 0.0
     counts = [v["matches"] for d in ("evd", "wxbs") for v in out[d].values()]
     out["mean_matches"] = float(np.mean(counts)) if counts else 0.0

@@ -166,3 +166,23 @@ def test_hub_skew_separates_hubs_from_one_to_one_neighbours():
     skew = real_pairs.nn_hub_skew(np.concatenate([d0[:, :50], clutter], 1), d1)
     assert skew > 5
     assert real_pairs.nn_hub_skew(d0[:, :0], d1) == 0.0
+
+
+def test_confident_right_counts_right_matches_among_the_most_similar():
+    errors = np.array([0.5, 50.0, 2.0, 80.0, 1.0])
+    scores = np.array([0.9, 0.95, 0.3, 0.2, 0.8])
+    assert real_pairs.confident_right(errors, scores, top=2) == 0 + 1     # 0.95 wrong, 0.9 right
+    assert real_pairs.confident_right(errors, scores, top=3) == 2         # + 0.8 right
+    assert real_pairs.confident_right(errors, scores, top=10) == 3        # all right ones
+    assert real_pairs.confident_right(np.zeros(0), np.zeros(0)) == 0
+
+
+def test_match_mutual_returns_the_scores_of_its_matches():
+    rng = np.random.default_rng(1)
+    d = rng.normal(size=(16, 30))
+    d /= np.linalg.norm(d, axis=0)
+    kp = rng.uniform(0, 100, (30, 2))
+    mk0, mk1, scores = real_pairs.match_mutual({"keypoints": kp, "descriptors": d},
+                                               {"keypoints": kp[::-1].copy(), "descriptors": d[:, ::-1].copy()})
+    assert len(mk0) == 30 and np.allclose(mk0, mk1) and scores.shape == (30,)
+    assert np.allclose(scores, scores.max())                              # identical descriptors: top score each

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,8 @@ import torch
 from hndesc_loc.train import losses
 from hndesc_loc.train.trainer import default_conf as train_default_conf
 from hndesc_loc.train.synthesis import (color_transfer, default_homography_conf, default_photometric_conf,
-                                        lift_night, make_pair, random_homography, render_night, warp_points)
+                                        lift_night, make_pair, random_homography, relight_night, render_night,
+                                        warp_points)
 
 
 def test_warp_points_follows_warp_perspective():
@@ -85,6 +87,72 @@ def test_make_pair_lifts_the_configured_share_of_nights():
 
     dark, lifted = night_brightness(0.0), night_brightness(1.0)
     assert lifted[:, 1].min() > 0.7 and np.median(lifted[:, 0]) > 2 * np.median(dark[:, 0])
+
+
+def test_relit_night_moves_the_light_and_keeps_the_detail():
+    """The third night model relights the scene: a texture under a bright top half and a dark
+    bottom half (a day sky over shade) comes out with its bright region moved in a good share of
+    draws, which dimming the whole frame (render_night) rarely does, while the texture itself
+    (the reflectance) stays in both halves."""
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur(rng.uniform(-1, 1, (128, 128)).astype(np.float32), (0, 0), 1.5)
+    texture = np.repeat((0.5 + 0.4 * noise / np.abs(noise).max())[..., None], 3, -1).astype(np.float32)
+    shade = np.where(np.arange(128)[:, None, None] < 64, 1.0, 0.15).astype(np.float32)
+    day = texture * shade
+
+    def halves(img):
+        return img[:64].mean(), img[64:].mean()
+
+    relit = [relight_night(np.random.default_rng(s), day) for s in range(24)]
+    assert all(r.shape == day.shape and r.dtype == np.float32 and 0 <= r.min() and r.max() <= 1 for r in relit)
+    assert np.array_equal(relit[0], relight_night(np.random.default_rng(0), day))   # the rng decides everything
+    def inverted(images):
+        return np.mean([halves(r)[1] > halves(r)[0] for r in images])
+
+    assert inverted(relit) > 0.3
+    assert inverted([render_night(np.random.default_rng(s), day) for s in range(24)]) < 0.15   # its glows, rarely
+
+    def detail(a, b):   # correlation of the high-pass parts of two grey images
+        hp = [x.mean(-1) - cv2.GaussianBlur(x.mean(-1), (0, 0), 4) for x in (a, b)]
+        return np.corrcoef(hp[0].ravel(), hp[1].ravel())[0, 1]
+
+    for half in (slice(8, 56), slice(72, 120)):
+        assert np.median([detail(r[half], texture[half]) for r in relit]) > 0.5
+
+
+def test_relit_night_darkens_the_sky_and_flips_its_outline():
+    """dark_sky_prob 1: a bright smooth sky over a darker textured facade comes out dark over a lit
+    facade, the contrast across the outline reversed in every draw; without it the outline keeps
+    the day's sign in most draws."""
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur(rng.uniform(-1, 1, (128, 128)).astype(np.float32), (0, 0), 1.5)
+    facade = 0.45 + 0.3 * noise / np.abs(noise).max()
+    day = np.repeat(np.where(np.arange(128)[:, None] < 64, 0.95, facade)[..., None], 3, -1).astype(np.float32)
+
+    def flipped_share(prob):
+        relit = [relight_night(np.random.default_rng(s), day, dark_sky_prob=prob) for s in range(24)]
+        return np.mean([r[56:62].mean() < r[66:72].mean() for r in relit])   # just above vs just below the outline
+
+    assert flipped_share(1.0) > 0.9
+    assert flipped_share(0.0) < 0.3
+
+
+def test_make_pair_relights_the_configured_share_of_nights():
+    """relit_night_share 0 keeps the former draws exactly (runs stay reproducible); 1 makes every
+    night view with relight_night."""
+    from skimage.data import astronaut
+
+    img = astronaut()[::2, ::2].astype(np.float32) / 255
+
+    def pairs(**kw):
+        return [make_pair(np.random.default_rng(s), img, 96, default_homography_conf, default_photometric_conf,
+                          night_prob=1.0, **kw) for s in range(3)]
+
+    plain, zero, relit = pairs(), pairs(relit_night_share=0.0), pairs(relit_night_share=1.0)
+    assert all(np.array_equal(a["image1"], b["image1"]) for a, b in zip(plain, zero))
+    assert all(p["appearance"] == "night" for p in relit)
+    assert not any(np.array_equal(a["image1"], b["image1"]) for a, b in zip(plain, relit))
+    assert all(np.array_equal(a["H"], b["H"]) for a, b in zip(plain, relit))   # geometry drawn before the light
 
 
 def test_pair_keypoints_correspond():
@@ -211,6 +279,8 @@ def test_trainer_runs_resumes_and_rejects_bad_keys(tmp_path):
         Trainer({**conf, "loss": {"unmatched_weight": -0.1}})
     with pytest.raises(FileNotFoundError, match="Training folder"):
         Trainer({**conf, "data": {"folders": [str(tmp_path / "none")]}})
+    with pytest.raises(ValueError, match="data shares must lie in"):
+        Trainer({**conf, "data": {"relit_night_share": 1.5}})
 
 
 def _tiny_conf(tmp_path, **kw):

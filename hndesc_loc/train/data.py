@@ -121,7 +121,8 @@ class PairDataset(torch.utils.data.Dataset):
         pair = make_pair(rng, self.load(source), c["crop_size"], c["homography"], c["photometric"],
                          stylized=self.load(styl) if use_styl else None, style_source=style,
                          night_prob=c["night_prob"], transfer_prob=c["transfer_prob"],
-                         appearance_fn=appearance_fn, lifted_night_share=c["lifted_night_share"])
+                         appearance_fn=appearance_fn, lifted_night_share=c["lifted_night_share"],
+                         relit_night_share=c["relit_night_share"], relit_dark_sky_share=c["relit_dark_sky_share"])
         kp0 = self.keypoints(rng, pair["image0"])
         kp1, valid = warp_inside(pair["H"], kp0, c["crop_size"])
         return {

@@ -163,16 +163,64 @@ def lift_night(rng: np.random.Generator, dark: np.ndarray) -> np.ndarray:
     return jpeg_roundtrip(out, int(rng.integers(40, 91)))
 
 
+def relight_night(rng: np.random.Generator, img: np.ndarray, dark_sky_prob: float = 0.0) -> np.ndarray:
+    """Night by relighting (a third night model): the day's illumination is divided out and
+    floodlights put in its place, so that which regions are bright changes, not only how bright
+    the whole image is (a lit facade against a dark sky where the day had a bright sky).
+
+    Illumination is taken as the blurred luminance (retinex), reflectance = image / illumination;
+    the new light is a dim ambient level plus a few broad spots with sodium or white colour;
+    then a camera exposes the result to a random bright percentile, with gamma, noise, JPEG.
+    With probability `dark_sky_prob` the day's brightest smooth regions (sky: the top of an
+    edge-preserving blur of the luminance) get no light at all, so that the contrast across their
+    outlines flips sign (bright sky over a roof by day, dark sky over a lit roof at night).
+    img [H,W,3] float32 in [0,1] -> [H,W,3] float32 in [0,1]."""
+    h, w = img.shape[:2]
+    lum = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    illum = cv2.GaussianBlur(lum, (0, 0), rng.uniform(0.03, 0.12) * max(h, w)) + 0.05
+    reflect = np.clip(img / illum[..., None], 0, 4)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    light = np.full((h, w, 3), rng.uniform(0.01, 0.08), np.float32) * np.array([0.6, 0.7, 1.0], np.float32)
+    for _ in range(rng.integers(1, 5)):
+        cx, cy = rng.uniform(0, w), rng.uniform(0.3 * h, 1.2 * h)  # lamps sit low, light goes up
+        sx, sy = rng.uniform(0.1, 0.5) * w, rng.uniform(0.1, 0.5) * h
+        spot = np.exp(-0.5 * (((xx - cx) / sx) ** 2 + ((yy - cy) / sy) ** 2))
+        colour = np.array([1.0, 0.75, 0.4]) if rng.random() < 0.6 else np.array([1.0, 0.95, 0.9])
+        light = light + (rng.uniform(0.3, 1.0) * spot)[..., None] * colour.astype(np.float32)
+    if dark_sky_prob > 0 and rng.random() < dark_sky_prob:
+        smooth = cv2.bilateralFilter(lum, 9, 0.1, 0.02 * max(h, w))
+        level = min(float(np.percentile(smooth, rng.uniform(60, 90))), float(smooth.max()) - 0.1)
+        mean = cv2.GaussianBlur(lum, (0, 0), 3)
+        texture = np.sqrt(np.maximum(cv2.GaussianBlur(lum * lum, (0, 0), 3) - mean * mean, 0))
+        core = (1 / (1 + np.exp(-(smooth - level) / 0.03)) / (1 + np.exp((texture - 0.04) / 0.01))).astype(np.float32)
+        # The texture window blurs across the outline: grow the smooth core back up to it over pixels
+        # as bright as the sky, so that the flip happens at the outline, not a halo's width away.
+        bright = 1 / (1 + np.exp(-(cv2.GaussianBlur(lum, (0, 0), 0.7) - level) / 0.03))
+        grown = cv2.dilate(core, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))) * bright
+        sky = cv2.GaussianBlur(np.maximum(core, grown).astype(np.float32), (0, 0), 0.7)
+        light = light * (1 - rng.uniform(0.85, 1.0) * sky)[..., None]
+    out = reflect * light
+    out = out / max(float(np.percentile(out, rng.uniform(97.0, 99.9))), 1e-3)
+    out = np.clip(out, 0, 1) ** rng.uniform(0.8, 1.4)
+    out = out + rng.normal(0, 1, out.shape).astype(np.float32) * rng.uniform(0.005, 0.03)
+    if rng.random() < 0.5:
+        out = cv2.GaussianBlur(np.clip(out, 0, 1).astype(np.float32), (0, 0), rng.uniform(0.4, 1.0))
+    return jpeg_roundtrip(np.clip(out, 0, 1).astype(np.float32), int(rng.integers(50, 91)))
+
+
 def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dict, pconf: dict,
               stylized: np.ndarray | None = None, style_source: np.ndarray | None = None,
               night_prob: float = 0.35, transfer_prob: float = 0.25, appearance_fn=None,
-              lifted_night_share: float = 0.0) -> dict:
+              lifted_night_share: float = 0.0, relit_night_share: float = 0.0,
+              relit_dark_sky_share: float = 0.0) -> dict:
     """One training pair from `image` [H,W,3]: a random crop A, a homographic second view B.
 
     Returns {'image0', 'image1' (float32 [size,size,3]), 'H' (A->B, 3x3), 'appearance' (str)}.
     The pixels of B come from `stylized` (same geometry as `image`) when given.
     `appearance_fn(rng, image1) -> (image1, name)`, when given, is the only appearance change of B.
     `lifted_night_share`: share of the night views that the camera lifts back up (`lift_night`).
+    `relit_night_share`: share of the night views made by `relight_night` instead of `render_night`,
+    `relit_dark_sky_share` its `dark_sky_prob`.
     """
     h, w = image.shape[:2]
     if min(h, w) < size:
@@ -194,9 +242,13 @@ def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dic
         return {"image0": image0.astype(np.float32), "image1": image1.astype(np.float32), "H": H,
                 "appearance": appearance}
     if stylized is None and r < night_prob:
-        image1, appearance = render_night(rng, image1), "night"
-        if lifted_night_share > 0 and rng.random() < lifted_night_share:
-            image1 = lift_night(rng, image1)
+        if relit_night_share > 0 and rng.random() < relit_night_share:
+            image1 = relight_night(rng, image1, relit_dark_sky_share)
+        else:
+            image1 = render_night(rng, image1)
+            if lifted_night_share > 0 and rng.random() < lifted_night_share:
+                image1 = lift_night(rng, image1)
+        appearance = "night"
     elif stylized is None and style_source is not None and r < night_prob + transfer_prob:
         if rng.random() < 0.5:
             image1, appearance = color_transfer(image1, style_source, rng.uniform(0.6, 1.0)), "transfer"

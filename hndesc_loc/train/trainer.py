@@ -52,6 +52,8 @@ default_conf = {
         "night_prob": 0.35,        # share of second views rendered at night (no stylized copy)
         "transfer_prob": 0.25,     # share with Reinhard colour transfer from another image
         "lifted_night_share": 0.0, # share of night views lifted back up by a simulated auto-exposure
+        "relit_night_share": 0.0,  # share of night views relit by floodlights (`synthesis.relight_night`)
+        "relit_dark_sky_share": 0.0,  # share of those whose bright smooth regions (sky) get no light
         "num_val_pairs": 64,
         "cache_size": 64,          # decoded images kept per process (memory is flat in the data set size)
     },
@@ -130,6 +132,11 @@ class Trainer:
                 0 < lc["reward_radius"] <= lc["reward_wrong_radius"]):
             raise ValueError("loss.reward_weight and loss.reward_penalty must be >= 0, loss.reward_temperature > 0, "
                              "and 0 < loss.reward_radius <= loss.reward_wrong_radius.")
+        shares = {k: conf["data"][k] for k in ("stylized_prob", "night_prob", "transfer_prob", "lifted_night_share",
+                                                "relit_night_share", "relit_dark_sky_share")}
+        bad = {k: v for k, v in shares.items() if not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"data shares must lie in [0, 1], not {bad}.")
         if conf["batch_size"] % self.world:
             raise ValueError(f"batch_size {conf['batch_size']} (the global batch) must be a multiple of the "
                              f"{self.world} processes of torchrun.")
