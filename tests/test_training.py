@@ -170,6 +170,8 @@ def test_pair_keypoints_correspond():
         if v and 2 <= x1 < 254 and 2 <= y1 < 254:
             errs.append(np.abs(i0[:, int(round(y0)), int(round(x0))] - i1[:, int(round(y1)), int(round(x1))]).mean())
     assert len(errs) > 10 and np.median(errs) < 0.08
+    with pytest.raises(ValueError, match="data shares must lie in"):   # the whitening CLI builds datasets too
+        PairDataset([("skimage:astronaut", None)], {**conf, "relit_dark_sky_share": -0.1})
 
 
 def test_ap_loss_orders():

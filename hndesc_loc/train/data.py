@@ -65,6 +65,17 @@ def load_source(source: str, max_size: int) -> np.ndarray:
     return img
 
 
+SHARE_KEYS = ("stylized_prob", "night_prob", "transfer_prob", "lifted_night_share", "relit_night_share",
+              "relit_dark_sky_share")
+
+
+def check_shares(conf: dict) -> None:
+    """The `data` conf's shares (probabilities) lie in [0, 1], else a one-line ValueError."""
+    bad = {k: conf[k] for k in SHARE_KEYS if not 0 <= conf[k] <= 1}
+    if bad:
+        raise ValueError(f"data shares must lie in [0, 1], not {bad}.")
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Training samples (pair + keypoints in both views + validity mask), streamed: images
     are read from disk when a sample needs them and kept in a small per-process cache, so
@@ -75,6 +86,7 @@ class PairDataset(torch.utils.data.Dataset):
     the number of workers or a resume in between."""
 
     def __init__(self, sources: list[tuple[str, str | None]], conf: dict, seed: int = 0, cache_size: int = 64):
+        check_shares(conf)
         self.conf, self.sources, self.seed, self.cache_size = conf, sources, seed, cache_size
         self._cache: dict[str, np.ndarray] = {}
         self._sift = None

@@ -163,6 +163,22 @@ def lift_night(rng: np.random.Generator, dark: np.ndarray) -> np.ndarray:
     return jpeg_roundtrip(out, int(rng.integers(40, 91)))
 
 
+def bright_smooth_regions(lum: np.ndarray, percentile: float) -> np.ndarray:
+    """Soft mask [H,W] in [0,1] of the bright, untextured regions of luminance `lum` [H,W] (the sky
+    of a day photo): an edge-preserving blur above its `percentile`-th value, with low local
+    texture, grown back up to the outline over pixels as bright (the texture window blurs across
+    the outline; without it a halo a window wide would keep the day's contrast)."""
+    h, w = lum.shape
+    smooth = cv2.bilateralFilter(lum, 9, 0.1, 0.02 * max(h, w))
+    level = min(float(np.percentile(smooth, percentile)), float(smooth.max()) - 0.1)
+    mean = cv2.GaussianBlur(lum, (0, 0), 3)
+    texture = np.sqrt(np.maximum(cv2.GaussianBlur(lum * lum, (0, 0), 3) - mean * mean, 0))
+    core = (1 / (1 + np.exp(-(smooth - level) / 0.03)) / (1 + np.exp((texture - 0.04) / 0.01))).astype(np.float32)
+    bright = 1 / (1 + np.exp(-(cv2.GaussianBlur(lum, (0, 0), 0.7) - level) / 0.03))
+    grown = cv2.dilate(core, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))) * bright
+    return cv2.GaussianBlur(np.maximum(core, grown).astype(np.float32), (0, 0), 0.7)
+
+
 def relight_night(rng: np.random.Generator, img: np.ndarray, dark_sky_prob: float = 0.0) -> np.ndarray:
     """Night by relighting (a third night model): the day's illumination is divided out and
     floodlights put in its place, so that which regions are bright changes, not only how bright
@@ -188,16 +204,7 @@ def relight_night(rng: np.random.Generator, img: np.ndarray, dark_sky_prob: floa
         colour = np.array([1.0, 0.75, 0.4]) if rng.random() < 0.6 else np.array([1.0, 0.95, 0.9])
         light = light + (rng.uniform(0.3, 1.0) * spot)[..., None] * colour.astype(np.float32)
     if dark_sky_prob > 0 and rng.random() < dark_sky_prob:
-        smooth = cv2.bilateralFilter(lum, 9, 0.1, 0.02 * max(h, w))
-        level = min(float(np.percentile(smooth, rng.uniform(60, 90))), float(smooth.max()) - 0.1)
-        mean = cv2.GaussianBlur(lum, (0, 0), 3)
-        texture = np.sqrt(np.maximum(cv2.GaussianBlur(lum * lum, (0, 0), 3) - mean * mean, 0))
-        core = (1 / (1 + np.exp(-(smooth - level) / 0.03)) / (1 + np.exp((texture - 0.04) / 0.01))).astype(np.float32)
-        # The texture window blurs across the outline: grow the smooth core back up to it over pixels
-        # as bright as the sky, so that the flip happens at the outline, not a halo's width away.
-        bright = 1 / (1 + np.exp(-(cv2.GaussianBlur(lum, (0, 0), 0.7) - level) / 0.03))
-        grown = cv2.dilate(core, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))) * bright
-        sky = cv2.GaussianBlur(np.maximum(core, grown).astype(np.float32), (0, 0), 0.7)
+        sky = bright_smooth_regions(lum, rng.uniform(60, 90))
         light = light * (1 - rng.uniform(0.85, 1.0) * sky)[..., None]
     out = reflect * light
     out = out / max(float(np.percentile(out, rng.uniform(97.0, 99.9))), 1e-3)

@@ -22,8 +22,8 @@ from .. import logger
 from ..models.network import HNDescNet
 from ..utils.base_model import merge_conf
 from . import ddp
-from .data import (PairDataset, StepBatches, collate, collect_images, knn_batches, knn_graph, load_source,
-                   warp_into_view1)
+from .data import (PairDataset, StepBatches, check_shares, collate, collect_images, knn_batches, knn_graph,
+                   load_source, warp_into_view1)
 from .losses import (candidate_lists, descriptor_loss, exact_ap_single_positive, expected_match_reward,
                      global_contrastive_loss, jittered_grid)
 from .synthesis import default_homography_conf, default_photometric_conf
@@ -132,11 +132,7 @@ class Trainer:
                 0 < lc["reward_radius"] <= lc["reward_wrong_radius"]):
             raise ValueError("loss.reward_weight and loss.reward_penalty must be >= 0, loss.reward_temperature > 0, "
                              "and 0 < loss.reward_radius <= loss.reward_wrong_radius.")
-        shares = {k: conf["data"][k] for k in ("stylized_prob", "night_prob", "transfer_prob", "lifted_night_share",
-                                                "relit_night_share", "relit_dark_sky_share")}
-        bad = {k: v for k, v in shares.items() if not 0 <= v <= 1}
-        if bad:
-            raise ValueError(f"data shares must lie in [0, 1], not {bad}.")
+        check_shares(conf["data"])   # before anything is written (the dataset checks again for other callers)
         if conf["batch_size"] % self.world:
             raise ValueError(f"batch_size {conf['batch_size']} (the global batch) must be a multiple of the "
                              f"{self.world} processes of torchrun.")
