@@ -41,6 +41,12 @@ class DescriptorWhitening(nn.Module):
         self.active.fill_(False)
 
 
+def check_power(power: float) -> None:
+    """A whitening strength lies in [0, 1], else a one-line ValueError."""
+    if not 0 <= power <= 1:
+        raise ValueError(f"whitening power must be in [0, 1] (1: full whitening, 0: centring only), not {power}.")
+
+
 def learn_whitening(desc0: torch.Tensor, desc1: torch.Tensor, eps: float = 1e-4,
                     power: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Whitening from matching descriptors desc0[i] <-> desc1[i], both [M,D].
@@ -51,8 +57,7 @@ def learn_whitening(desc0: torch.Tensor, desc1: torch.Tensor, eps: float = 1e-4,
     the descriptors whitened that way, largest variance first. power 1 whitens fully, 0 only
     centres; in between shrinks towards the unwhitened descriptor. Scaled so that its largest
     entry is 1 (the descriptor is normalised after it; the scale keeps float16 storage safe)."""
-    if not 0 <= power <= 1:
-        raise ValueError(f"whitening power must be in [0, 1] (1: full whitening, 0: centring only), not {power}")
+    check_power(power)
     if desc0.shape != desc1.shape or desc0.ndim != 2:
         raise ValueError(f"matching descriptors must both be [M,D], got {tuple(desc0.shape)} and {tuple(desc1.shape)}")
     dim = desc0.shape[1]

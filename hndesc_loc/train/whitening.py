@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .. import logger
 from ..models.network import load_checkpoint
-from ..models.whitening import learn_whitening
+from ..models.whitening import check_power, learn_whitening
 from ..utils.base_model import merge_conf
 from ..utils.cli import Parser, run as run_cli
 from .__main__ import load_config
@@ -79,8 +79,7 @@ def main(weights: Path, config: Path, output: Path, num_pairs: int = 400, seed: 
     """Write `output`: the weights file `weights` with a whitening learned on `num_pairs`
     synthetic pairs drawn from the training data of `config`, at `keypoints` (see
     `positive_pairs`), of strength `power` (`learn_whitening`). Returns the written dict."""
-    if not 0 <= power <= 1:   # checked before minutes of pair drawing, not only in learn_whitening
-        raise ValueError(f"--power must be in [0, 1], not {power}.")
+    check_power(power)   # before minutes of pair drawing (learn_whitening checks it for library callers)
     if not Path(weights).is_file():
         raise FileNotFoundError(f"Weights file {weights} does not exist: pass a file written by "
                                 "`python -m hndesc_loc.train.export`, e.g. hndesc_loc/weights/hndesc_effnet_std.pt.")
