@@ -7,6 +7,8 @@ Conventions (hloc 1.5):
   `scores` [N], `image_size` [2] (w,h); global files hold `global_descriptor` [D].
 - matches: group `name0.replace('/','-') + '/' + name1.replace('/','-')` with
   `matches0` [N0] (-1 = unmatched) and `matching_scores0` [N0].
+- SfM pair correspondences (training): groups `pairs/<k>` with `correspondences` [N,4]
+  (x0, y0, x1, y1) and attributes `name0`, `name1`; the root's provenance names the image folder.
 """
 from __future__ import annotations
 
@@ -487,3 +489,31 @@ def read_poses(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         vals = np.array(vals, float)
         out[name] = (vals[:4], vals[4:7])
     return out
+
+
+# ------------------------------------------------------------ SfM pair correspondences
+def write_sfm_pairs(path: Path, pairs: dict[tuple[str, str], np.ndarray], record: dict) -> None:
+    """Write {(name0, name1): [N,4] (x0, y0, x1, y1)} with `record` (must hold 'image_dir') as
+    the file's provenance, through a temporary file (a killed run leaves no file)."""
+    if "image_dir" not in record:
+        raise ValueError("An SfM pair file records the image folder its names are relative to ('image_dir').")
+    with atomic_path(Path(path)) as tmp:
+        with h5py.File(str(tmp), "w") as fd:
+            fd.attrs[PROVENANCE] = provenance_string(record)
+            for k, ((n0, n1), corr) in enumerate(sorted(pairs.items())):
+                grp = fd.create_group(f"pairs/{k}")
+                grp.create_dataset("correspondences", data=np.asarray(corr, np.float32).reshape(-1, 4))
+                grp.attrs["name0"], grp.attrs["name1"] = n0, n1
+
+
+def read_sfm_pairs(path: Path) -> tuple[dict[tuple[str, str], np.ndarray], dict]:
+    """({(name0, name1): [N,4] float32}, provenance record) of a file of `write_sfm_pairs`."""
+    import json
+
+    path = Path(path)
+    with open_h5(path) as fd:
+        if PROVENANCE not in fd.attrs or "pairs" not in fd:
+            raise ValueError(f"{path} is not an SfM pair file: make it with `python -m hndesc_loc.train.sfm_pairs`.")
+        record = json.loads(fd.attrs[PROVENANCE])
+        pairs = {(str(g.attrs["name0"]), str(g.attrs["name1"])): g["correspondences"][()] for g in fd["pairs"].values()}
+    return pairs, record

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import torch
 
-from ..io import IMAGE_EXTENSIONS, read_image
-from .synthesis import make_pair, warp_points
+from ..io import IMAGE_EXTENSIONS, read_image, read_sfm_pairs
+from .synthesis import change_appearance, make_pair, warp_points
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -66,7 +66,7 @@ def load_source(source: str, max_size: int) -> np.ndarray:
 
 
 SHARE_KEYS = ("stylized_prob", "night_prob", "transfer_prob", "lifted_night_share", "relit_night_share",
-              "relit_dark_sky_share")
+              "relit_dark_sky_share", "sfm_pair_share")
 
 
 def check_shares(conf: dict) -> None:
@@ -91,6 +91,7 @@ class PairDataset(torch.utils.data.Dataset):
         self._cache: dict[str, np.ndarray] = {}
         self._sift = None
         self.loads = 0  # images decoded so far by this process (memory test)
+        self.partners = sfm_partners(sources, conf["sfm_pairs"]) if conf["sfm_pair_share"] > 0 else {}
 
     def __len__(self):
         return len(self.sources)
@@ -127,6 +128,10 @@ class PairDataset(torch.utils.data.Dataset):
         """One sample of image `index`. `appearance_fn(rng, image1) -> (image1, name)` replaces the
         training appearance changes (validation uses held-out photometric families)."""
         c = self.conf
+        if appearance_fn is None and index in self.partners and rng.random() < c["sfm_pair_share"]:
+            real = self.sfm_sample(rng, index)
+            if real is not None:
+                return real
         source, styl = self.sources[index]
         style = self.load(self.sources[rng.integers(len(self.sources))][0]) if c["transfer_prob"] > 0 else None
         use_styl = styl is not None and rng.random() < c["stylized_prob"]
@@ -148,12 +153,122 @@ class PairDataset(torch.utils.data.Dataset):
             "appearance": pair["appearance"],
         }
 
+    def sfm_sample(self, rng: np.random.Generator, index: int) -> dict | None:
+        """A real pair of image `index` and one of its SfM partners (`sfm_pairs`), cropped by
+        `real_pair_crops`, with the training appearance changes on view B; None when no crop
+        of the drawn pair keeps enough correspondences."""
+        c = self.conf
+        j, corr, size0, size1 = self.partners[index][rng.integers(len(self.partners[index]))]
+        image0, image1 = self.load(self.sources[index][0]), self.load(self.sources[j][0])
+        # Correspondences in the loaded (resized) images, pixel centres kept in place.
+        f0 = np.array(image0.shape[1::-1], np.float64) / size0
+        f1 = np.array(image1.shape[1::-1], np.float64) / size1
+        corr = np.concatenate([(corr[:, :2] + 0.5) * f0 - 0.5, (corr[:, 2:] + 0.5) * f1 - 0.5], 1)
+        crops = real_pair_crops(rng, image0, image1, corr, c["crop_size"], c["sfm_scale"], c["sfm_scale_jitter"],
+                                c["num_keypoints"])
+        if crops is None:
+            return None
+        im0, im1, kp0, kp1, valid = crops
+        style = self.load(self.sources[rng.integers(len(self.sources))][0]) if c["transfer_prob"] > 0 else None
+        im0, im1, appearance = change_appearance(
+            rng, im0, im1, "real", c["photometric"], False, style, c["night_prob"], c["transfer_prob"], None,
+            c["lifted_night_share"], c["relit_night_share"], c["relit_dark_sky_share"])
+        return {
+            "image0": torch.from_numpy(im0).permute(2, 0, 1),
+            "image1": torch.from_numpy(im1).permute(2, 0, 1),
+            "keypoints0": torch.from_numpy(kp0).float(),
+            "keypoints1": torch.from_numpy(kp1).float(),
+            "valid": torch.from_numpy(valid),
+            # No homography relates real views: NaN, so any warp through it lands nowhere (invalid).
+            "H": torch.full((3, 3), float("nan")),
+            "index": index,
+            "appearance": f"real+{appearance}" if appearance != "real" else "real",
+        }
+
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         step, slot, index = key
         return self.sample(np.random.default_rng([self.seed, step, slot]), index)
 
     def batch(self, rng: np.random.Generator, indices: list[int], appearance_fn=None) -> dict:
         return collate([self.sample(rng, i, appearance_fn) for i in indices])
+
+
+def sfm_partners(sources: list[tuple[str, str | None]], files: list[str]) -> dict[int, list[tuple]]:
+    """{source index: [(partner index, correspondences [N,4] (x0, y0, x1, y1: this image first),
+    size of this image (w, h), size of the partner), ...]} from SfM pair files (`io.read_sfm_pairs`)
+    whose images are among the training sources (matched by resolved path)."""
+    if not files:
+        raise ValueError("data.sfm_pair_share > 0 needs data.sfm_pairs: files made by `python -m "
+                         "hndesc_loc.train.sfm_pairs`.")
+    where = {str(Path(s).resolve()): i for i, (s, _) in enumerate(sources) if not s.startswith("skimage:")}
+    partners: dict[int, list[tuple]] = {}
+    for f in files:
+        pairs, record = read_sfm_pairs(Path(f))
+        root, sizes = Path(record["image_dir"]), record["image_sizes"]
+        for (n0, n1), corr in pairs.items():
+            i, j = (where.get(str((root / n).resolve())) for n in (n0, n1))
+            if i is None or j is None:
+                raise ValueError(f"{f}: image {root / (n0 if i is None else n1)} is not a training image; add "
+                                 f"{root} to data.folders (paths are relative to where training starts).")
+            s0, s1 = np.array(sizes[n0], np.float64), np.array(sizes[n1], np.float64)
+            partners.setdefault(i, []).append((j, corr, s0, s1))
+            partners.setdefault(j, []).append((i, corr[:, [2, 3, 0, 1]], s1, s0))
+    return partners
+
+
+def relative_scale(pts0: np.ndarray, pts1: np.ndarray, min_dist: float = 8.0) -> float | None:
+    """Median ratio of distances between corresponding points [N,2] (view 1 over view 0): the
+    scale of view 1 relative to view 0 around them; None when no two points are min_dist apart."""
+    d0 = np.linalg.norm(pts0[:, None] - pts0[None], axis=-1)
+    d1 = np.linalg.norm(pts1[:, None] - pts1[None], axis=-1)
+    far = np.triu(d0 > min_dist, 1)
+    return float(np.median(d1[far] / d0[far])) if far.any() else None
+
+
+def similarity_crop(image: np.ndarray, centre: np.ndarray, scale: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size view of `image` [H,W,3] scaled by `scale` with `centre` (x, y) in its middle:
+    (view, the 2x3 map of image pixels to view pixels). Outside the image: black."""
+    A = np.array([[scale, 0, (size - 1) / 2 - scale * centre[0]], [0, scale, (size - 1) / 2 - scale * centre[1]]])
+    if scale < 1:  # anti-aliasing before the decimation
+        image = cv2.GaussianBlur(image, (0, 0), 0.5 / scale)
+    return cv2.warpAffine(image, A, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT), A
+
+
+def real_pair_crops(rng: np.random.Generator, image0: np.ndarray, image1: np.ndarray, corr: np.ndarray, size: int,
+                    scale_range: tuple[float, float], scale_jitter: float, num_points: int,
+                    min_points: int = 16, tries: int = 8, border: int = 8):
+    """Crops of a real pair around a random correspondence. View 0 is scaled by a factor drawn in
+    `scale_range`; view 1 so that the scene appears at the same scale (`relative_scale` of the 32
+    correspondences nearest the centre) times a factor in [1/scale_jitter, scale_jitter], and
+    centred on the partner shifted by up to a quarter crop. corr [N,4] (x0, y0, x1, y1) in the images.
+
+    Returns (view0, view1 [size,size,3], kp0, kp1 [num_points,2], valid [num_points]): the
+    correspondences inside both views (at most num_points, random ones), the rest padded with
+    invalid points; None when `tries` draws keep fewer than min_points correspondences."""
+    for _ in range(tries):
+        c = corr[rng.integers(len(corr))]
+        near = np.argsort(np.linalg.norm(corr[:, :2] - c[:2], axis=1))[:32]
+        rel = relative_scale(corr[near, :2], corr[near, 2:]) or relative_scale(corr[:, :2], corr[:, 2:])
+        if rel is None:
+            return None
+        s0 = rng.uniform(*scale_range)
+        s1 = float(np.clip(s0 / rel * np.exp(rng.uniform(-1, 1) * np.log(scale_jitter)), 0.25, 2.0))
+        view0, A0 = similarity_crop(image0, c[:2], s0, size)
+        view1, A1 = similarity_crop(image1, c[2:] + rng.uniform(-size / 4, size / 4, 2) / s1, s1, size)
+        p0 = corr[:, :2] @ A0[:, :2].T + A0[:, 2]
+        p1 = corr[:, 2:] @ A1[:, :2].T + A1[:, 2]
+        inside = np.all((p0 >= border) & (p0 <= size - 1 - border) & (p1 >= border) & (p1 <= size - 1 - border), 1)
+        idx = np.flatnonzero(inside)
+        if len(idx) < min_points:
+            continue
+        idx = rng.permutation(idx)[:num_points]
+        kp0, kp1 = np.zeros((num_points, 2)), np.zeros((num_points, 2))
+        valid = np.zeros(num_points, bool)
+        kp0[:len(idx)], kp1[:len(idx)], valid[:len(idx)] = p0[idx], p1[idx], True
+        # Padding: points of view 0 with no partner (invalid: neither anchors nor negatives).
+        kp0[len(idx):] = rng.uniform(border, size - 1 - border, (num_points - len(idx), 2))
+        return view0.astype(np.float32), view1.astype(np.float32), kp0, kp1, valid
+    return None
 
 
 def warp_inside(H: np.ndarray, pts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

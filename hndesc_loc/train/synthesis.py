@@ -243,12 +243,26 @@ def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dic
     src1 = stylized if stylized is not None else image
     image1 = cv2.warpPerspective(src1, H @ T, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     appearance = "stylized" if stylized is not None else "colour"
+    image0, image1, appearance = change_appearance(
+        rng, image0, image1, appearance, pconf, stylized is not None, style_source, night_prob, transfer_prob,
+        appearance_fn, lifted_night_share, relit_night_share, relit_dark_sky_share)
+    return {"image0": image0, "image1": image1, "H": H, "appearance": appearance}
+
+
+def change_appearance(rng: np.random.Generator, image0: np.ndarray, image1: np.ndarray, appearance: str,
+                      pconf: dict, stylized: bool = False, style_source: np.ndarray | None = None,
+                      night_prob: float = 0.35, transfer_prob: float = 0.25, appearance_fn=None,
+                      lifted_night_share: float = 0.0, relit_night_share: float = 0.0,
+                      relit_dark_sky_share: float = 0.0) -> tuple[np.ndarray, np.ndarray, str]:
+    """The appearance changes of a pair [size,size,3] x 2 (see `make_pair`): night, colour or
+    histogram transfer, or nothing more on view B (`stylized`: B comes from a stylized copy),
+    then mild photometric noise on A and full on B (not after night). Returns float32 views and
+    the name of B's change (`appearance` when no other)."""
     r = rng.random()
     if appearance_fn is not None:
         image1, appearance = appearance_fn(rng, image1)
-        return {"image0": image0.astype(np.float32), "image1": image1.astype(np.float32), "H": H,
-                "appearance": appearance}
-    if stylized is None and r < night_prob:
+        return image0.astype(np.float32), image1.astype(np.float32), appearance
+    if not stylized and r < night_prob:
         if relit_night_share > 0 and rng.random() < relit_night_share:
             image1 = relight_night(rng, image1, relit_dark_sky_share)
         else:
@@ -256,7 +270,7 @@ def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dic
             if lifted_night_share > 0 and rng.random() < lifted_night_share:
                 image1 = lift_night(rng, image1)
         appearance = "night"
-    elif stylized is None and style_source is not None and r < night_prob + transfer_prob:
+    elif not stylized and style_source is not None and r < night_prob + transfer_prob:
         if rng.random() < 0.5:
             image1, appearance = color_transfer(image1, style_source, rng.uniform(0.6, 1.0)), "transfer"
         else:
@@ -265,4 +279,4 @@ def make_pair(rng: np.random.Generator, image: np.ndarray, size: int, hconf: dic
     image0 = photometric(rng, image0, mild)
     if appearance != "night":
         image1 = photometric(rng, image1, pconf)
-    return {"image0": image0.astype(np.float32), "image1": image1.astype(np.float32), "H": H, "appearance": appearance}
+    return image0.astype(np.float32), image1.astype(np.float32), appearance

@@ -54,6 +54,12 @@ default_conf = {
         "lifted_night_share": 0.0, # share of night views lifted back up by a simulated auto-exposure
         "relit_night_share": 0.0,  # share of night views relit by floodlights (`synthesis.relight_night`)
         "relit_dark_sky_share": 0.0,  # share of those whose bright smooth regions (sky) get no light
+        # Real pairs (train/sfm_pairs.py): files of SfM correspondences between training photos, and
+        # the share of the samples of an image with SfM partners that are such a real pair.
+        "sfm_pairs": [],
+        "sfm_pair_share": 0.0,
+        "sfm_scale": [0.5, 1.0],   # scale of a real pair's view 0 (crop of the loaded image)
+        "sfm_scale_jitter": 1.5,   # view 1's scale relative to view 0's: [1/j, j] around equal
         "num_val_pairs": 64,
         "cache_size": 64,          # decoded images kept per process (memory is flat in the data set size)
     },
@@ -133,6 +139,9 @@ class Trainer:
             raise ValueError("loss.reward_weight and loss.reward_penalty must be >= 0, loss.reward_temperature > 0, "
                              "and 0 < loss.reward_radius <= loss.reward_wrong_radius.")
         check_shares(conf["data"])   # before anything is written (the dataset checks again for other callers)
+        if conf["data"]["sfm_pair_share"] > 0 and (conf["stage"] != "descriptor" or lc["reward_weight"]):
+            raise ValueError("data.sfm_pair_share > 0 (real pairs, no homography between their views) trains the "
+                             "descriptor stage with loss.reward_weight 0: both warp points through a homography.")
         if conf["batch_size"] % self.world:
             raise ValueError(f"batch_size {conf['batch_size']} (the global batch) must be a multiple of the "
                              f"{self.world} processes of torchrun.")
@@ -145,7 +154,8 @@ class Trainer:
         logger.info("Training on %d images, validating on %d.", len(self.train_sources), len(val_sources))
         self.dataset = PairDataset(self.train_sources, d, conf["seed"], d["cache_size"])
         pinned = conf["validation"]["homography"]
-        val_data = {**d, "homography": merge_conf(default_homography_conf, pinned, "validation.homography")
+        # Validation pairs are synthetic, with held-out families: no real pairs (their photos are training's).
+        val_data = {**d, "sfm_pair_share": 0.0, "homography": merge_conf(default_homography_conf, pinned, "validation.homography")
                     if pinned else d["homography"]}
         self.val_batches = self.make_val_batches(PairDataset(val_sources, val_data, 12345, d["cache_size"]))
         self.net = self.build_network().to(self.device)
