@@ -511,6 +511,10 @@ def read_sfm_pairs(path: Path) -> tuple[dict[tuple[str, str], np.ndarray], dict]
     import json
 
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SfM pair file {path} does not exist: make it with `python -m hndesc_loc.train.sfm_pairs`.")
+    if not h5py.is_hdf5(str(path)):
+        raise ValueError(f"{path} is not an SfM pair file (not HDF5): make it with `python -m hndesc_loc.train.sfm_pairs`.")
     with open_h5(path) as fd:
         if PROVENANCE not in fd.attrs or "pairs" not in fd:
             raise ValueError(f"{path} is not an SfM pair file: make it with `python -m hndesc_loc.train.sfm_pairs`.")

@@ -56,6 +56,11 @@ def test_sfm_pair_file_round_trip_and_wrong_file(tmp_path):
         fd.create_dataset("x/keypoints", data=np.zeros((2, 2)))
     with pytest.raises(ValueError, match="not an SfM pair file"):
         read_sfm_pairs(tmp_path / "features.h5")
+    (tmp_path / "notes.txt").write_text("not hdf5")
+    with pytest.raises(ValueError, match="not an SfM pair file"):
+        read_sfm_pairs(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="make it with"):
+        read_sfm_pairs(tmp_path / "missing.h5")
 
 
 def _scaled_scene(scale: float = 1.5, shift=(-40.0, -25.0)):

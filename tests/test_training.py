@@ -533,6 +533,8 @@ def test_train_configs_merge_strictly_and_start_from_committed_weights(path):
     init = merged["init_weights"]
     if init not in (None, "default", "imagenet"):  # imagenet: the pip package's file (test_effnet.py)
         assert (path.parent.parent.parent / init).is_file(), f"{path.name}: init_weights {init} is not committed"
+    for f in merged["data"].get("sfm_pairs", []):   # SfM correspondence files ship with the repository
+        assert (path.parent.parent.parent / f).is_file(), f"{path.name}: data.sfm_pairs {f} is not committed"
 
 
 def test_config_base_gives_only_what_differs(tmp_path):
