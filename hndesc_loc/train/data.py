@@ -239,8 +239,8 @@ def real_pair_crops(rng: np.random.Generator, image0: np.ndarray, image1: np.nda
                     min_points: int = 16, tries: int = 8, border: int = 8):
     """Crops of a real pair around a random correspondence. View 0 is scaled by a factor drawn in
     `scale_range`; view 1 so that the scene appears at the same scale (`relative_scale` of the 32
-    correspondences nearest the centre) times a factor in [1/scale_jitter, scale_jitter], and
-    centred on the partner shifted by up to a quarter crop. corr [N,4] (x0, y0, x1, y1) in the images.
+    correspondences nearest the centre) times a factor in [1/scale_jitter, scale_jitter] (its zoom
+    kept within [0.25, 2] of the loaded image), and centred on the partner shifted by up to a quarter crop. corr [N,4] (x0, y0, x1, y1) in the images.
 
     Returns (view0, view1 [size,size,3], kp0, kp1 [num_points,2], valid [num_points]): the
     correspondences inside both views (at most num_points, random ones), the rest padded with
