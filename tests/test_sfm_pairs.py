@@ -137,6 +137,10 @@ def test_trainer_refuses_real_pairs_with_a_homography_reward_before_writing(tmp_
     with pytest.raises(ValueError, match="sfm_pair_share"):
         Trainer(conf)
     assert not out.exists()
+    (tmp_path / "notes.txt").write_text("not hdf5")
+    with pytest.raises(ValueError, match="not an SfM pair file"):
+        Trainer({**conf, "loss": {}, "data": {**conf["data"], "sfm_pairs": [str(tmp_path / "notes.txt")]}})
+    assert not out.exists()
 
 
 def test_sfm_pairs_cli_on_real_photos(shared_data, tmp_path):

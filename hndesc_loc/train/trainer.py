@@ -146,7 +146,6 @@ class Trainer:
             raise ValueError(f"batch_size {conf['batch_size']} (the global batch) must be a multiple of the "
                              f"{self.world} processes of torchrun.")
         self.out = Path(conf["output_dir"])
-        self.out.mkdir(parents=True, exist_ok=True)
         d = conf["data"]
         self.train_sources = collect_images(d["folders"], d["megadepth_root"], "train", d["builtin"])
         val_sources = collect_images(d["val_folders"], None, "test", d["val_builtin"]) if (
@@ -158,6 +157,7 @@ class Trainer:
         val_data = {**d, "sfm_pair_share": 0.0, "homography": merge_conf(default_homography_conf, pinned, "validation.homography")
                     if pinned else d["homography"]}
         self.val_batches = self.make_val_batches(PairDataset(val_sources, val_data, 12345, d["cache_size"]))
+        self.out.mkdir(parents=True, exist_ok=True)   # after the data is checked: a bad config leaves nothing
         self.net = self.build_network().to(self.device)
         if conf["stage"] == "descriptor":  # the detection head is trained by the detector stage, not here
             for prm in self.net.detection_head.parameters():
