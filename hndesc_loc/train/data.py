@@ -133,7 +133,7 @@ class PairDataset(torch.utils.data.Dataset):
             if real is not None:
                 return real
         source, styl = self.sources[index]
-        style = self.load(self.sources[rng.integers(len(self.sources))][0]) if c["transfer_prob"] > 0 else None
+        style = self.style_source(rng)
         use_styl = styl is not None and rng.random() < c["stylized_prob"]
         pair = make_pair(rng, self.load(source), c["crop_size"], c["homography"], c["photometric"],
                          stylized=self.load(styl) if use_styl else None, style_source=style,
@@ -142,16 +142,11 @@ class PairDataset(torch.utils.data.Dataset):
                          relit_night_share=c["relit_night_share"], relit_dark_sky_share=c["relit_dark_sky_share"])
         kp0 = self.keypoints(rng, pair["image0"])
         kp1, valid = warp_inside(pair["H"], kp0, c["crop_size"])
-        return {
-            "image0": torch.from_numpy(pair["image0"]).permute(2, 0, 1),
-            "image1": torch.from_numpy(pair["image1"]).permute(2, 0, 1),
-            "keypoints0": torch.from_numpy(kp0).float(),
-            "keypoints1": torch.from_numpy(kp1).float(),
-            "valid": torch.from_numpy(valid),
-            "H": torch.from_numpy(pair["H"]).float(),
-            "index": index,
-            "appearance": pair["appearance"],
-        }
+        return as_sample(pair["image0"], pair["image1"], kp0, kp1, valid, pair["H"], index, pair["appearance"])
+
+    def style_source(self, rng: np.random.Generator) -> np.ndarray | None:
+        """A random training photo for colour / histogram transfer (None when transfer is off)."""
+        return self.load(self.sources[rng.integers(len(self.sources))][0]) if self.conf["transfer_prob"] > 0 else None
 
     def sfm_sample(self, rng: np.random.Generator, index: int) -> dict | None:
         """A real pair of image `index` and one of its SfM partners (`sfm_pairs`), cropped by
@@ -169,21 +164,12 @@ class PairDataset(torch.utils.data.Dataset):
         if crops is None:
             return None
         im0, im1, kp0, kp1, valid = crops
-        style = self.load(self.sources[rng.integers(len(self.sources))][0]) if c["transfer_prob"] > 0 else None
         im0, im1, appearance = change_appearance(
-            rng, im0, im1, "real", c["photometric"], False, style, c["night_prob"], c["transfer_prob"], None,
-            c["lifted_night_share"], c["relit_night_share"], c["relit_dark_sky_share"])
-        return {
-            "image0": torch.from_numpy(im0).permute(2, 0, 1),
-            "image1": torch.from_numpy(im1).permute(2, 0, 1),
-            "keypoints0": torch.from_numpy(kp0).float(),
-            "keypoints1": torch.from_numpy(kp1).float(),
-            "valid": torch.from_numpy(valid),
-            # No homography relates real views: NaN, so any warp through it lands nowhere (invalid).
-            "H": torch.full((3, 3), float("nan")),
-            "index": index,
-            "appearance": f"real+{appearance}" if appearance != "real" else "real",
-        }
+            rng, im0, im1, "real", c["photometric"], False, self.style_source(rng), c["night_prob"],
+            c["transfer_prob"], None, c["lifted_night_share"], c["relit_night_share"], c["relit_dark_sky_share"])
+        # No homography relates real views: NaN, so any warp through it lands nowhere (invalid).
+        return as_sample(im0, im1, kp0, kp1, valid, np.full((3, 3), np.nan), index,
+                         f"real+{appearance}" if appearance != "real" else "real")
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         step, slot, index = key
@@ -191,6 +177,14 @@ class PairDataset(torch.utils.data.Dataset):
 
     def batch(self, rng: np.random.Generator, indices: list[int], appearance_fn=None) -> dict:
         return collate([self.sample(rng, i, appearance_fn) for i in indices])
+
+
+def as_sample(image0: np.ndarray, image1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray, valid: np.ndarray,
+              H: np.ndarray, index: int, appearance: str) -> dict:
+    """A training sample: views [S,S,3] as [3,S,S] tensors, keypoints [K,2] float, valid [K], H [3,3]."""
+    return {"image0": torch.from_numpy(image0).permute(2, 0, 1), "image1": torch.from_numpy(image1).permute(2, 0, 1),
+            "keypoints0": torch.from_numpy(kp0).float(), "keypoints1": torch.from_numpy(kp1).float(),
+            "valid": torch.from_numpy(valid), "H": torch.from_numpy(H).float(), "index": index, "appearance": appearance}
 
 
 def sfm_partners(sources: list[tuple[str, str | None]], files: list[str]) -> dict[int, list[tuple]]:

@@ -86,7 +86,8 @@ def main(image_dir: Path, output: Path, conf: dict | None = None, verbose: bool 
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"Image folder {image_dir} does not exist: pass the folder of the training photos.")
-    if len(list_images(image_dir)) < 2:
+    num_images = len(list_images(image_dir))
+    if num_images < 2:
         raise ValueError(f"{image_dir} holds fewer than 2 images: a reconstruction needs overlapping photos.")
     with tempfile.TemporaryDirectory() as work:
         logger.info("Reconstructing %s with COLMAP's SIFT pipeline.", image_dir)
@@ -100,7 +101,7 @@ def main(image_dir: Path, output: Path, conf: dict | None = None, verbose: bool 
     sizes = {img.name: [rec.cameras[img.camera_id].width, rec.cameras[img.camera_id].height]
              for img in rec.images.values()}
     record = {"image_dir": str(image_dir), "conf": conf, "model": stats, "pycolmap": pycolmap.__version__,
-              "images": len(list_images(image_dir)), "image_sizes": sizes}
+              "images": num_images, "image_sizes": sizes}
     write_sfm_pairs(Path(output), pairs, record)
     logger.info("%d registered of %d images, %d pairs, %d correspondences: wrote %s.", stats["num_reg_images"],
                 record["images"], len(pairs), sum(len(v) for v in pairs.values()), output)
