@@ -121,8 +121,8 @@ def main():
     p.add_argument("--joint_weights", nargs="*", type=Path, default=[],
                    help="more hndesc_joint checkpoints (runs/<name>/best_val.pt) to compare")
     p.add_argument("--variant", nargs="*", default=[],
-                   help='extra methods as "CONF key=value ...", e.g. "hndesc model.scale_adaptive.reference_size=2.5 '
-                        'model.scale_adaptive.num_levels=5"')
+                   help='extra methods as "CONF key=value ...", e.g. "hndesc model.scale_pooling=[1.0]" '
+                        '(the shipped conf without its scale pooling)')
     p.add_argument("--only_weights", action="store_true",
                    help="evaluate only --weights / --joint_weights / --variant (ablations)")
     a = p.parse_args()

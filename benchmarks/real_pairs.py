@@ -59,8 +59,10 @@ def point_describer(model, conf: dict):
 
     @torch.no_grad()
     def hndesc(path, pts):
+        from hndesc_loc.models.hndesc import describe_scale_pooled
+
         image, kp = load(path, pts)
-        return model.net.describe(model.net(image), kp)[0].numpy()
+        return describe_scale_pooled(model.net, image, kp, conf["model"].get("scale_pooling", [1.0]))[0].numpy()
 
     @torch.no_grad()
     def disk(path, pts):

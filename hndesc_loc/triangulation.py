@@ -53,11 +53,20 @@ def import_matches(image_ids: dict[str, int], database_path: Path, pairs: list[t
 
 
 def geometric_verification(database_path: Path, pairs_path: Path, max_error: float = 4.0, verbose: bool = False):
+    """Two-view geometry of every pair of `pairs_path`, which must be every pair with matches in
+    the database (as `import_matches` writes them)."""
     opts = pycolmap.TwoViewGeometryOptions()
     opts.ransac.max_error = max_error
     opts.ransac.random_seed = 0
     with quiet(verbose):
-        pycolmap.verify_matches(str(database_path), str(pairs_path), opts)
+        if hasattr(pycolmap, "geometric_verification"):
+            # pycolmap >= 4: verify the database's matched pairs. Its `verify_matches` (pairs read
+            # from a file) crashed the process (SIGSEGV) in a test process that had run the caps
+            # network and SuperPoint before, reproducibly, where this entry point on the same
+            # database does not.
+            pycolmap.geometric_verification(str(database_path), two_view_geometry_options=opts)
+        else:
+            pycolmap.verify_matches(str(database_path), str(pairs_path), opts)
 
 
 def model_statistics(rec: pycolmap.Reconstruction) -> dict:

@@ -294,6 +294,25 @@ def _tiny_conf(tmp_path, **kw):
     return conf
 
 
+def test_snapshots_hold_the_weights_of_their_step(tmp_path):
+    """snapshot_every keeps fp16 weights at those steps: the same tensors as `export --half` of
+    the checkpoint of that step, loadable by the extractor, and none at other steps."""
+    from hndesc_loc.models.network import load_network
+    from hndesc_loc.train.trainer import Trainer, export_weights
+
+    Trainer(_tiny_conf(tmp_path, iterations=4, snapshot_every=2, checkpoint_every=2)).train()
+    snaps = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert snaps == ["step000002.pt", "step000004.pt"]
+    ref = export_weights(tmp_path / "latest.pt", tmp_path / "ref.pt", half=True)
+    snap = torch.load(tmp_path / "snapshots" / "step000004.pt", weights_only=False)
+    assert snap["step"] == ref["step"] == 4 and snap["model"].keys() == ref["model"].keys()
+    assert all(torch.equal(snap["model"][k], ref["model"][k]) for k in ref["model"])
+    assert any(v.dtype == torch.float16 for v in snap["model"].values())
+    early = torch.load(tmp_path / "snapshots" / "step000002.pt", weights_only=False)
+    assert early["step"] == 2 and not all(torch.equal(early["model"][k], snap["model"][k]) for k in snap["model"])
+    load_network(tmp_path / "snapshots" / "step000002.pt", snap["backbone"])
+
+
 @pytest.mark.parametrize("loss", [{"dense_grid": 0}, {"dense_grid": 4},
                                   {"dense_grid": 4, "dense_negatives": False, "reward_weight": 1.0}])
 def test_killed_and_resumed_run_is_bit_identical(tmp_path, loss):

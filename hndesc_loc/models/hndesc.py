@@ -23,6 +23,12 @@ class HNDesc(BaseModel):
         # in both images of a pair whatever the zoom between them. Needs a detector that reports
         # scales (sift). None: off, everything described at full resolution.
         "scale_adaptive": None,             # or {"reference_size": 8.0, "num_levels": 5}
+        # Domain-size pooling (as DSP-SIFT, Dong & Soatto, CVPR 2015): describe every keypoint on
+        # the image resized by each factor and average the unit descriptors (then normalise): the
+        # descriptor then covers a range of apparent scales, so a zoom between the two images
+        # of a pair moves it less. [1.0]: the network once, at full resolution. Exclusive with
+        # scale_adaptive (which picks one level per keypoint instead).
+        "scale_pooling": [1.0],
     }
     required_inputs = ["image"]
     detection_noise = 1.0
@@ -43,6 +49,10 @@ class HNDesc(BaseModel):
             unknown = set(sa) - {"reference_size", "num_levels"}
             if unknown or not {"reference_size", "num_levels"} <= set(sa):
                 raise ValueError(f"model.scale_adaptive needs exactly reference_size and num_levels, got {sorted(sa)}.")
+        check_scale_pooling(conf["scale_pooling"])
+        if sa is not None and list(conf["scale_pooling"]) != [1.0]:
+            raise ValueError("model.scale_pooling and model.scale_adaptive are exclusive: set one of them "
+                             "(scale_pooling=[1.0] or scale_adaptive=null).")
 
     @torch.no_grad()
     def _forward(self, data):
@@ -51,7 +61,7 @@ class HNDesc(BaseModel):
         kpts = pred["keypoints"].to(image.device)
         sa = self.conf["scale_adaptive"]
         if sa is None:
-            desc = self.net.describe(self.net(image), kpts)
+            desc = describe_scale_pooled(self.net, image, kpts, self.conf["scale_pooling"])
         else:
             if "scales" not in pred:
                 raise ValueError(f"model.scale_adaptive needs keypoint scales, which detector "
@@ -61,7 +71,34 @@ class HNDesc(BaseModel):
         return {"keypoints": pred["keypoints"], "scores": pred["scores"], "descriptors": desc}
 
 
+def check_scale_pooling(factors) -> None:
+    if (not isinstance(factors, (list, tuple)) or not factors
+            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in factors)):
+        raise ValueError(f"model.scale_pooling must be a non-empty list of positive scale factors "
+                         f"(e.g. [1.0, 0.5]), got {factors!r}.")
+
+
 MIN_LEVEL_SIDE = 32  # px: coarser pyramid levels than this carry no usable features
+
+
+def describe_scale_pooled(net, image: torch.Tensor, keypoints: torch.Tensor, factors,
+                          feats: dict | None = None) -> torch.Tensor:
+    """Descriptors [B,D,N] of keypoints [B,N,2] (pixels of image [B,C,H,W]): the mean of the unit
+    descriptors taken on the image resized by each of `factors` (antialiased bilinear; keypoints
+    moved with the pixel-centre convention), normalised. factors [1.0]: `net.describe` at full
+    resolution, unchanged. `feats`: net(image) when the caller already has it (not recomputed)."""
+    h, w = image.shape[-2:]
+    total = None
+    for f in factors:
+        size = (max(round(h * f), 1), max(round(w * f), 1))
+        if size == (h, w):
+            level = feats if feats is not None else net(image)
+        else:
+            level = net(F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True))
+        ratio = keypoints.new_tensor([size[1] / w, size[0] / h])
+        d = net.describe(level, (keypoints + 0.5) * ratio - 0.5)
+        total = d if total is None else total + d
+    return total if len(factors) == 1 else F.normalize(total, dim=1)
 
 
 def describe_scale_adaptive(net, image: torch.Tensor, keypoints: torch.Tensor, sizes: torch.Tensor,
@@ -118,11 +155,13 @@ class HNDescJoint(BaseModel):
         "detection_threshold": 0.01,   # on repeatability x reliability (both in [0,1])
         "remove_borders": 4,           # px; the maps are unreliable where convolutions see padding
         "refine_temperature": 0.2,     # soft-argmax temperature on scores (None: integer pixels, MMA@1 -6 pts)
+        "scale_pooling": [1.0],        # as HNDesc's: descriptors averaged over these image scales (detection at 1.0)
     }
     required_inputs = ["image"]
     detection_noise = 1.0
 
     def _init(self, conf):
+        check_scale_pooling(conf["scale_pooling"])
         self.net = load_network(conf["weights"], conf["backbone"], detector=True)
 
     @torch.no_grad()
@@ -133,7 +172,7 @@ class HNDescJoint(BaseModel):
         n = min(len(k) for k in kpts)  # batches are of one image in practice
         kpts = torch.stack([k[:n] for k in kpts])
         return {"keypoints": kpts, "scores": torch.stack([s[:n] for s in scores]),
-                "descriptors": self.net.describe(feats, kpts)}
+                "descriptors": describe_scale_pooled(self.net, image, kpts, self.conf["scale_pooling"], feats)}
 
 
 class HNDescGlobal(BaseModel):

@@ -105,6 +105,10 @@ default_conf = {
     "iterations": 3000,
     "val_every": 250,
     "checkpoint_every": 100,
+    # Every this many steps also keep the weights alone (fp16, as `export --half` writes them) as
+    # snapshots/stepNNNNNN.pt: checkpoint selection on benchmarks the trainer does not run
+    # (benchmarks/real_pairs.py at 1024 px) needs the weights of every candidate step. 0: off.
+    "snapshot_every": 0,
     "time_limit_min": None,        # stop (with checkpoints) after this many minutes
     "threads": 2,
     "device": "auto",              # auto | cpu | cuda
@@ -436,6 +440,8 @@ class Trainer:
                 if self.step % c["checkpoint_every"] == 0:
                     log.flush()
                     self.save("latest.pt")
+                if c["snapshot_every"] and self.step % c["snapshot_every"] == 0 and self.rank == 0:
+                    write_small_weights(self.state(), self.out / "snapshots" / f"step{self.step:06d}.pt", half=True)
                 if c["time_limit_min"] and ddp.any_process(elapsed > 60 * c["time_limit_min"], self.device):
                     logger.info("Time limit reached at step %d.", self.step)
                     if not val and self.rank == 0:  # the last weights are validated too
@@ -488,9 +494,14 @@ def drop_whitening(net: HNDescNet, source) -> None:
 def export_weights(checkpoint: Path, output: Path, half: bool = False) -> dict:
     """Strip a training checkpoint to what extraction needs (model, backbone, config, step, val
     score); `half` stores the weights in fp16 (loading casts them back to float32)."""
+    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    return write_small_weights(ckpt, output, half)
+
+
+def write_small_weights(ckpt: dict, output: Path, half: bool = False) -> dict:
+    """`export_weights` on a checkpoint dict (`Trainer.state()`), written atomically."""
     from ..models.network import without_untrained_heads
 
-    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
     model = without_untrained_heads(ckpt["model"], ckpt["config"])
     # The whitening stays float32: it is a product of inverse square roots, fp16 would round it.
     model = {k: v.half() if v.is_floating_point() and not k.startswith("whitening.") else v
