@@ -98,6 +98,11 @@ def test_bad_inputs(photo_dir, tmp_path):
         extract_features.main(hndesc_loc.confs["hndesc_caps"], photo_dir, tmp_path)
     with pytest.raises(FileNotFoundError, match="SuperPoint weights not found"):
         extract_features.main(hndesc_loc.confs["hndesc_superpoint"], photo_dir, tmp_path)
+    # A conf that fails before the first image leaves no (empty) feature file behind.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="model.scale_pooling must be"):
+        extract_features.main(extract_features.parse_overrides(conf, ["model.scale_pooling=0.5"]), photo_dir, fresh)
+    assert fresh.is_dir() and not list(fresh.iterdir())
 
 
 def test_global_descriptors(photo_dir, tmp_path):
