@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import logger
-from .io import (check_names, claim_file, list_h5_names, list_images, open_h5, provenance_string, read_image,
+from .io import (check_names, claimed, list_h5_names, list_images, open_h5, provenance_string, read_image,
                  require_path, write_item)
 from .registry import get as registry_get
 from .utils.base_model import merge_conf
@@ -231,28 +231,20 @@ def main(conf: dict, image_dir: Path, export_dir: Path | None = None, as_half: b
     feature_path = Path(feature_path)
     feature_path.parent.mkdir(parents=True, exist_ok=True)
     names = resolve_names(image_dir, image_list)
-    existed = feature_path.exists()
-    claim_file(feature_path, features_provenance(conf), overwrite, "features")
-    done = set() if overwrite else list_h5_names(feature_path)
-    todo = [n for n in names if n not in done]
-    if not todo:
-        logger.info("Skipping the extraction: all %d images are already in %s.", len(names), feature_path)
-        return feature_path
-    from .distributed import LocalExecutor
+    with claimed(feature_path, features_provenance(conf), overwrite, "features"):
+        done = set() if overwrite else list_h5_names(feature_path)
+        todo = [n for n in names if n not in done]
+        if not todo:
+            logger.info("Skipping the extraction: all %d images are already in %s.", len(names), feature_path)
+            return feature_path
+        from .distributed import LocalExecutor
 
-    try:
         with open_h5(feature_path, "a") as fd:
             def write(results):
                 for name, out in results:
                     write_item(fd, name, out["data"], dataset_attrs=out["dataset_attrs"])
 
             (executor or LocalExecutor()).map(ExtractWorker, (conf, Path(image_dir), as_half), todo, "extract", write)
-    except BaseException:
-        # A run that fails before its first image (a bad model conf, missing weights) leaves no
-        # empty file behind; images already written stay, for the rerun to skip.
-        if not existed and feature_path.exists() and not list_h5_names(feature_path):
-            feature_path.unlink()
-        raise
     logger.info("Finished exporting features to %s.", feature_path)
     return feature_path
 

@@ -330,6 +330,22 @@ def claim_file(path: Path, provenance: str, overwrite: bool, what: str) -> None:
         fd.attrs[PROVENANCE] = provenance
 
 
+@contextlib.contextmanager
+def claimed(path: Path, provenance: str, overwrite: bool, what: str):
+    """`claim_file`, and if the block raises before a first item is written to a file this claim
+    created, the file is removed: a failed start (bad conf, mismatched inputs) leaves nothing
+    behind. Items already written stay, for the rerun to skip."""
+    path = Path(path)
+    existed = path.exists()
+    claim_file(path, provenance, overwrite, what)
+    try:
+        yield path
+    except BaseException:
+        if not existed and path.exists() and not list_h5_names(path):
+            path.unlink()
+        raise
+
+
 # ---------------------------------------------------------------------------- matches
 def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
     return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import logger
-from .io import (claim_file, find_pair, list_h5_names, names_to_pair, open_h5, parse_pairs, provenance_string,
+from .io import (claimed, find_pair, list_h5_names, names_to_pair, open_h5, parse_pairs, provenance_string,
                  read_provenance, require_path, write_item)
 from .matchers import default_matcher_conf, match_nearest_neighbor
 from .utils.base_model import merge_conf
@@ -122,25 +122,25 @@ def main(conf: dict, pairs: Path, features: Path | str, export_dir: Path | None 
         if not f.is_file():
             raise FileNotFoundError(f"Feature file {f} does not exist: run extract_features first.")
     # The matches index the keypoints of these feature files: they are valid only for them.
-    claim_file(matches, provenance_string({"matcher": model_conf, "features": [read_provenance(f) for f in refs]}),
-               overwrite, "matches")
-    if matches.exists() and not overwrite:
-        with open_h5(matches) as fd:
-            pair_list = [(a, b) for a, b in pair_list if find_pair(fd, a, b) is None]
-    if not pair_list:
-        logger.info("Skipping the matching: every pair is already in %s.", matches)
-        return matches
-    available = [list_h5_names(f) for f in refs]  # refs[0] is `features`
-    check_pairs([(a, a) for a, _ in pair_list], available[0], pairs)
-    check_pairs([(b, b) for _, b in pair_list], set().union(*available), pairs)
-    from .distributed import LocalExecutor
+    provenance = provenance_string({"matcher": model_conf, "features": [read_provenance(f) for f in refs]})
+    with claimed(matches, provenance, overwrite, "matches"):
+        if not overwrite:
+            with open_h5(matches) as fd:
+                pair_list = [(a, b) for a, b in pair_list if find_pair(fd, a, b) is None]
+        if not pair_list:
+            logger.info("Skipping the matching: every pair is already in %s.", matches)
+            return matches
+        available = [list_h5_names(f) for f in refs]  # refs[0] is `features`
+        check_pairs([(a, a) for a, _ in pair_list], available[0], pairs)
+        check_pairs([(b, b) for _, b in pair_list], set().union(*available), pairs)
+        from .distributed import LocalExecutor
 
-    with open_h5(matches, "a") as fd:
-        def write(results):
-            for (a, b), data in results:
-                write_item(fd, names_to_pair(a, b), data)
+        with open_h5(matches, "a") as fd:
+            def write(results):
+                for (a, b), data in results:
+                    write_item(fd, names_to_pair(a, b), data)
 
-        (executor or LocalExecutor()).map(MatchWorker, (model_conf, features, refs), pair_list, "match", write)
+            (executor or LocalExecutor()).map(MatchWorker, (model_conf, features, refs), pair_list, "match", write)
     logger.info("Finished exporting matches to %s.", matches)
     return matches
 

@@ -36,3 +36,19 @@ def scene(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("scene")
     return generate(root, {"image_size": [512, 384], "num_db": 20, "num_day_queries": 4, "num_night_queries": 6})
+
+
+@pytest.fixture(scope="session")
+def net():
+    """The shipped lite network (descriptor tests that need a real network, not its accuracy)."""
+    from hndesc_loc.models.network import load_network
+
+    return load_network("default", "lite").eval()
+
+
+@pytest.fixture(scope="session")
+def image():
+    """A 448 x 448 RGB photo [1,3,H,W] in [0,1] (scikit-image's astronaut)."""
+    import skimage.data
+
+    return torch.from_numpy(skimage.data.astronaut()[:448, :448]).permute(2, 0, 1).float()[None] / 255

@@ -70,6 +70,7 @@ def test_match_bad_inputs(tmp_path):
     pairs.write_text("a.jpg c.jpg\n")
     with pytest.raises(KeyError, match="missing from the feature file.*c.jpg"):
         match_features.main(match_features.confs["NN-mutual"], pairs, feats, matches=tmp_path / "m.h5")
+    assert not (tmp_path / "m.h5").exists()  # a failed start leaves no empty match file
     pairs.write_text("")
     with pytest.raises(ValueError, match="empty"):
         match_features.main(match_features.confs["NN-mutual"], pairs, feats, matches=tmp_path / "m.h5")

@@ -1,24 +1,11 @@
 """Scale-adaptive description (model.scale_adaptive of `hndesc`): keypoints described on the
 pyramid level that matches their detector scale."""
 import pytest
-import skimage.data
 import torch
 import torch.nn.functional as F
 
 from hndesc_loc.extract_features import build_model, confs, parse_overrides
 from hndesc_loc.models.hndesc import describe_scale_adaptive
-from hndesc_loc.models.network import load_network
-
-
-@pytest.fixture(scope="module")
-def net():
-    return load_network("default", "lite").eval()
-
-
-@pytest.fixture(scope="module")
-def image():
-    img = torch.from_numpy(skimage.data.astronaut()[:448, :448]).permute(2, 0, 1).float()[None] / 255
-    return img
 
 
 @torch.no_grad()

@@ -1,24 +1,11 @@
 """Domain-size pooling (model.scale_pooling of `hndesc`): each keypoint's descriptor is the
 normalised mean of its descriptors on the image at several scales."""
 import pytest
-import skimage.data
 import torch
 import torch.nn.functional as F
 
 from hndesc_loc.extract_features import build_model, confs, parse_overrides
 from hndesc_loc.models.hndesc import describe_scale_pooled
-from hndesc_loc.models.network import load_network
-
-
-@pytest.fixture(scope="module")
-def net():
-    return load_network("default", "lite").eval()
-
-
-@pytest.fixture(scope="module")
-def image():
-    return torch.from_numpy(skimage.data.astronaut()[:448, :448]).permute(2, 0, 1).float()[None] / 255
-
 
 KP = torch.tensor([[[100.0, 120.0], [300.0, 200.0], [250.0, 330.0], [180.0, 60.0]]])
 

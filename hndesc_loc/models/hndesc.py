@@ -81,21 +81,27 @@ def check_scale_pooling(factors) -> None:
 MIN_LEVEL_SIDE = 32  # px: coarser pyramid levels than this carry no usable features
 
 
+def rescale(image: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """image [B,C,H,W] resized by `factor` (antialiased bilinear; the same tensor when the size
+    does not change) and the per-axis ratio [2] (x, y) that moves pixel-centre keypoints onto it:
+    (k + 0.5) * ratio - 0.5."""
+    h, w = image.shape[-2:]
+    size = (max(round(h * factor), 1), max(round(w * factor), 1))
+    scaled = image if size == (h, w) else F.interpolate(image, size=size, mode="bilinear", align_corners=False,
+                                                          antialias=True)
+    return scaled, image.new_tensor([size[1] / w, size[0] / h])
+
+
 def describe_scale_pooled(net, image: torch.Tensor, keypoints: torch.Tensor, factors,
                           feats: dict | None = None) -> torch.Tensor:
     """Descriptors [B,D,N] of keypoints [B,N,2] (pixels of image [B,C,H,W]): the mean of the unit
     descriptors taken on the image resized by each of `factors` (antialiased bilinear; keypoints
     moved with the pixel-centre convention), normalised. factors [1.0]: `net.describe` at full
     resolution, unchanged. `feats`: net(image) when the caller already has it (not recomputed)."""
-    h, w = image.shape[-2:]
     total = None
     for f in factors:
-        size = (max(round(h * f), 1), max(round(w * f), 1))
-        if size == (h, w):
-            level = feats if feats is not None else net(image)
-        else:
-            level = net(F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True))
-        ratio = keypoints.new_tensor([size[1] / w, size[0] / h])
+        scaled, ratio = rescale(image, f)
+        level = feats if scaled is image and feats is not None else net(scaled)
         d = net.describe(level, (keypoints + 0.5) * ratio - 0.5)
         total = d if total is None else total + d
     return total if len(factors) == 1 else F.normalize(total, dim=1)
@@ -114,11 +120,7 @@ def describe_scale_adaptive(net, image: torch.Tensor, keypoints: torch.Tensor, s
     levels = levels.clamp(0, max(min(num_levels, usable) - 1, 0)).long()
     desc = None
     for level in levels.unique().tolist():
-        f = 2 ** (-level / 2)
-        size = (max(round(h * f), 1), max(round(w * f), 1))
-        scaled = image if level == 0 else F.interpolate(image, size=size, mode="bilinear", align_corners=False,
-                                                        antialias=True)
-        ratio = keypoints.new_tensor([size[1] / w, size[0] / h])
+        scaled, ratio = rescale(image, 2 ** (-level / 2))
         feats = net(scaled)
         for b in range(len(image)):  # only this level's keypoints pay for the descriptor head
             idx = torch.nonzero(levels[b] == level)[:, 0]
