@@ -313,6 +313,35 @@ def test_snapshots_hold_the_weights_of_their_step(tmp_path):
     load_network(tmp_path / "snapshots" / "step000002.pt", snap["backbone"])
 
 
+def test_training_pools_descriptors_as_the_extractor_does(tmp_path):
+    """scale_pooling in a train config: the loss and validation see the descriptors that the
+    extractor's model.scale_pooling computes (describe_scale_pooled on the same network), the
+    gradient reaches the network through the half-resolution pass too, and a bad value is refused
+    before anything is written."""
+    from hndesc_loc.models.hndesc import describe_scale_pooled
+    from hndesc_loc.train.trainer import Trainer
+
+    t = Trainer(_tiny_conf(tmp_path / "run", iterations=1, scale_pooling=[1.0, 0.5]))
+    t.net.eval()
+    batch = t.val_batches[0]
+    kps = batch["keypoints0"]
+    desc, _ = t.step_module(batch["image0"], kps)
+    ref = describe_scale_pooled(t.net, batch["image0"], kps, [1.0, 0.5])
+    one, _ = type(t.step_module)(t.net)(batch["image0"], kps)
+    assert torch.allclose(desc, ref, atol=1e-6) and not torch.allclose(desc, one, atol=1e-3)
+    # Gradient through the half-resolution pass alone: its descriptors depend on the network.
+    t.net.zero_grad()
+    describe_scale_pooled(t.net, batch["image0"], kps, [0.5]).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.net.backbone.parameters())
+    t.train()
+    assert (tmp_path / "run" / "latest.pt").exists()
+    with pytest.raises(ValueError, match=r"scale_pooling \(train config\) must be a non-empty list"):
+        Trainer(_tiny_conf(tmp_path / "bad", scale_pooling=[]))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="leave scale_pooling at"):
+        Trainer(_tiny_conf(tmp_path / "bad", stage="detector", scale_pooling=[1.0, 0.5]))
+
+
 @pytest.mark.parametrize("loss", [{"dense_grid": 0}, {"dense_grid": 4},
                                   {"dense_grid": 4, "dense_negatives": False, "reward_weight": 1.0}])
 def test_killed_and_resumed_run_is_bit_identical(tmp_path, loss):

@@ -71,10 +71,10 @@ class HNDesc(BaseModel):
         return {"keypoints": pred["keypoints"], "scores": pred["scores"], "descriptors": desc}
 
 
-def check_scale_pooling(factors) -> None:
+def check_scale_pooling(factors, what: str = "model.scale_pooling") -> None:
     if (not isinstance(factors, (list, tuple)) or not factors
             or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in factors)):
-        raise ValueError(f"model.scale_pooling must be a non-empty list of positive scale factors "
+        raise ValueError(f"{what} must be a non-empty list of positive scale factors "
                          f"(e.g. [1.0, 0.5]), got {factors!r}.")
 
 

@@ -62,19 +62,25 @@ def any_process(flag: bool, device: torch.device) -> bool:
 
 class DescribeStep(nn.Module):
     """The differentiable part of a training step as one module (what DDP wraps):
-    images [2B,3,H,W], keypoints [2B,K,2] -> (descriptors [2B,D,K], global descriptors [2B,G])."""
+    images [2B,3,H,W], keypoints [2B,K,2] -> (descriptors [2B,D,K], global descriptors [2B,G]).
+    scale_pooling: the descriptors pooled over these image scales, as the extractor's
+    `model.scale_pooling` (`models.hndesc.describe_scale_pooled`); [1.0]: one pass."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, scale_pooling=(1.0,)):
         super().__init__()
         self.net = net
+        self.scale_pooling = list(scale_pooling)
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor):
+        from ..models.hndesc import describe_scale_pooled
+
         feats = self.net(images)
-        return self.net.describe(feats, keypoints).float(), self.net.global_head(feats["coarse"]).float()
+        desc = describe_scale_pooled(self.net, images, keypoints, self.scale_pooling, feats=feats)
+        return desc.float(), self.net.global_head(feats["coarse"]).float()
 
 
-def wrap(net: nn.Module, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
-    step = DescribeStep(net)
+def wrap(net: nn.Module, device: torch.device, sync_batchnorm: bool = False, scale_pooling=(1.0,)) -> nn.Module:
+    step = DescribeStep(net, scale_pooling)
     if world()[2] == 1:
         return step
     if sync_batchnorm and device.type == "cuda":

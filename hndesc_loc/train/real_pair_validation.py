@@ -26,9 +26,11 @@ def _pairs(root: str):
 
 
 @torch.no_grad()
-def real_pair_scores(net, root: Path, size: int, device: torch.device) -> dict:
+def real_pair_scores(net, root: Path, size: int, device: torch.device, scale_pooling=(1.0,)) -> dict:
     """{'evd_maa', 'wxbs_maa', 'points_top10', 'real_score' (the mean of the three)} of `net` at
-    longest side `size`."""
+    longest side `size`, descriptors pooled over `scale_pooling` (`describe_scale_pooled`)."""
+    from ..models.hndesc import describe_scale_pooled
+
     evd, wxbs = _pairs(str(root))
     detector = registry.get("detector", "sift")({"max_keypoints": 2048})
 
@@ -36,14 +38,14 @@ def real_pair_scores(net, root: Path, size: int, device: torch.device) -> dict:
         data = load_image(path, {"resize_max": size})
         image = data["image"][None]
         kp = detector({"image": image})["keypoints"]
-        desc = net.describe(net(image.to(device)), kp.to(device))[0].float().cpu().numpy()
+        desc = describe_scale_pooled(net, image.to(device), kp.to(device), scale_pooling)[0].float().cpu().numpy()
         scale = (data["original_size"] / np.array(image.shape[-2:][::-1])).astype(np.float32)
         return {"keypoints": (kp[0].numpy() + 0.5) * scale - 0.5, "descriptors": desc,
                 "image_size": data["original_size"]}
 
     def describe(path: Path, points: np.ndarray) -> np.ndarray:
         image, kp = real_pairs.load_scaled(path, {"resize_max": size}, points)
-        return net.describe(net(image.to(device)), kp.to(device))[0].float().cpu().numpy()
+        return describe_scale_pooled(net, image.to(device), kp.to(device), scale_pooling)[0].float().cpu().numpy()
 
     r = real_pairs.evaluate(features, evd, wxbs, seeds=range(MAGSAC_SEEDS), progress=False)
     top10 = real_pairs.annotated_point_retrieval(describe, wxbs, progress=False)["top10"]

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .. import logger
+from ..models.hndesc import check_scale_pooling, describe_scale_pooled
 from ..models.network import HNDescNet
 from ..utils.base_model import merge_conf
 from . import ddp
@@ -109,6 +110,10 @@ default_conf = {
     # snapshots/stepNNNNNN.pt: checkpoint selection on benchmarks the trainer does not run
     # (benchmarks/real_pairs.py at 1024 px) needs the weights of every candidate step. 0: off.
     "snapshot_every": 0,
+    # Descriptors in the loss and in validation pooled over these image scales, as the extractor's
+    # `model.scale_pooling` pools them (the `hndesc` conf: [1.0, 0.5]): train what is shipped.
+    # [1.0]: one pass at the crop's resolution.
+    "scale_pooling": [1.0],
     "time_limit_min": None,        # stop (with checkpoints) after this many minutes
     "threads": 2,
     "device": "auto",              # auto | cpu | cuda
@@ -142,6 +147,10 @@ class Trainer:
                 0 < lc["reward_radius"] <= lc["reward_wrong_radius"]):
             raise ValueError("loss.reward_weight and loss.reward_penalty must be >= 0, loss.reward_temperature > 0, "
                              "and 0 < loss.reward_radius <= loss.reward_wrong_radius.")
+        check_scale_pooling(conf["scale_pooling"], "scale_pooling (train config)")
+        if conf["stage"] != "descriptor" and list(conf["scale_pooling"]) != [1.0]:
+            raise ValueError("scale_pooling pools the descriptors of the descriptor stage; the detector stage "
+                             "trains the detection head on one pass: leave scale_pooling at [1.0].")
         check_shares(conf["data"])   # before anything is written (the dataset checks again for other callers)
         if conf["data"]["sfm_pair_share"] > 0 and (conf["stage"] != "descriptor" or lc["reward_weight"]):
             raise ValueError("data.sfm_pair_share > 0 (real pairs, no homography between their views) trains the "
@@ -166,7 +175,8 @@ class Trainer:
         if conf["stage"] == "descriptor":  # the detection head is trained by the detector stage, not here
             for prm in self.net.detection_head.parameters():
                 prm.requires_grad_(False)
-        self.step_module = ddp.wrap(self.net, self.device, conf["sync_batchnorm"]) if conf["stage"] == "descriptor" else None
+        self.step_module = ddp.wrap(self.net, self.device, conf["sync_batchnorm"], conf["scale_pooling"]) if (
+            conf["stage"] == "descriptor") else None
         if self.world > 1:
             if conf["stage"] != "descriptor":
                 raise ValueError("torchrun (several processes) trains the descriptor stage only.")
@@ -348,8 +358,8 @@ class Trainer:
         aps = []
         for b in self.val_batches:
             b = self.to_device(b)
-            f0, f1 = self.net(b["image0"]), self.net(b["image1"])
-            d0, d1 = self.net.describe(f0, b["keypoints0"]), self.net.describe(f1, b["keypoints1"])
+            d0, d1 = (describe_scale_pooled(self.net, b[f"image{i}"], b[f"keypoints{i}"], self.conf["scale_pooling"])
+                      for i in (0, 1))
             ids = torch.arange(len(b["index"]), device=self.device)
             pos, negs, mask = candidate_lists(d0, d1, b["keypoints1"], b["valid"], ids, "in_pair", 0,
                                               self.conf["loss"]["neg_radius"])
@@ -360,7 +370,8 @@ class Trainer:
         if v["real_pairs"]:
             from .real_pair_validation import real_pair_scores
 
-            r = real_pair_scores(self.net, Path(v["real_pairs"]), v["real_pairs_size"], self.device)
+            r = real_pair_scores(self.net, Path(v["real_pairs"]), v["real_pairs_size"], self.device,
+                                 self.conf["scale_pooling"])
             out.update(r)
             out["val_score"] = (out["val_ap"] + r["real_score"]) / 2
         self.set_train_mode()
