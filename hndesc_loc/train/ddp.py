@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..models.hndesc import describe_scale_pooled
+
 
 def world() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) without it."""
@@ -72,8 +74,6 @@ class DescribeStep(nn.Module):
         self.scale_pooling = list(scale_pooling)
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor):
-        from ..models.hndesc import describe_scale_pooled
-
         feats = self.net(images)
         desc = describe_scale_pooled(self.net, images, keypoints, self.scale_pooling, feats=feats)
         return desc.float(), self.net.global_head(feats["coarse"]).float()

@@ -15,6 +15,7 @@ import torch
 from .. import real_pairs
 from .. import registry
 from ..extract_features import load_image
+from ..models.hndesc import describe_scale_pooled
 
 
 MAGSAC_SEEDS = 5
@@ -29,8 +30,6 @@ def _pairs(root: str):
 def real_pair_scores(net, root: Path, size: int, device: torch.device, scale_pooling=(1.0,)) -> dict:
     """{'evd_maa', 'wxbs_maa', 'points_top10', 'real_score' (the mean of the three)} of `net` at
     longest side `size`, descriptors pooled over `scale_pooling` (`describe_scale_pooled`)."""
-    from ..models.hndesc import describe_scale_pooled
-
     evd, wxbs = _pairs(str(root))
     detector = registry.get("detector", "sift")({"max_keypoints": 2048})
 
