@@ -49,6 +49,7 @@ def point_describer(model, conf: dict):
     import torch
     import torch.nn.functional as F
 
+    from hndesc_loc.models.hndesc import describe_scale_pooled
     from hndesc_loc.models.sampling import sample_features
 
     pre = conf.get("preprocessing", {})
@@ -59,8 +60,6 @@ def point_describer(model, conf: dict):
 
     @torch.no_grad()
     def hndesc(path, pts):
-        from hndesc_loc.models.hndesc import describe_scale_pooled
-
         image, kp = load(path, pts)
         return describe_scale_pooled(model.net, image, kp, conf["model"].get("scale_pooling", [1.0]))[0].numpy()
 
