@@ -1,5 +1,4 @@
 """Real training pairs from an SfM model of the training photos (hndesc_loc.train.sfm_pairs)."""
-from pathlib import Path
 from types import SimpleNamespace
 
 import cv2

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from .. import registry
 from ..utils.base_model import BaseModel
 from .detection import detect_keypoints
+from .matchability import select_matchable
 from .network import load_network
 
 
@@ -29,6 +30,11 @@ class HNDesc(BaseModel):
         # of a pair moves it less. [1.0]: the network once, at full resolution. Exclusive with
         # scale_adaptive (which picks one level per keypoint instead).
         "scale_pooling": [1.0],
+        # Keypoint selection by learned matchability (Hartmann et al., CVPR 2014; the weights'
+        # matchability head, `hndesc_loc.train.matchability`): the detector proposes this many
+        # keypoints and the detector.max_keypoints most matchable are kept (scores: their
+        # matchability probability). None: the detector's strongest, as detected.
+        "matchability_candidates": None,
     }
     required_inputs = ["image"]
     detection_noise = 1.0
@@ -42,8 +48,6 @@ class HNDesc(BaseModel):
             if conf["backbone"] != "caps":
                 raise ValueError(f"model.descriptor='{conf['descriptor']}' needs the caps backbone.")
             self.net.backbone.descriptor = conf["descriptor"]
-        det = dict(conf["detector"])
-        self.detector = registry.get("detector", det.pop("name"))(det)
         sa = conf["scale_adaptive"]
         if sa is not None:
             unknown = set(sa) - {"reference_size", "num_levels"}
@@ -53,6 +57,18 @@ class HNDesc(BaseModel):
         if sa is not None and list(conf["scale_pooling"]) != [1.0]:
             raise ValueError("model.scale_pooling and model.scale_adaptive are exclusive: set one of them "
                              "(scale_pooling=[1.0] or scale_adaptive=null).")
+        det = dict(conf["detector"])
+        detector_cls = registry.get("detector", det.pop("name"))
+        self.keep = None  # keypoints kept by the matchability selection (None: off)
+        candidates = conf["matchability_candidates"]
+        if candidates is not None:
+            if sa is not None:
+                raise ValueError("model.matchability_candidates and model.scale_adaptive are exclusive: the head "
+                                 "scores scale-pooled descriptors (set scale_adaptive=null).")
+            self.keep = det.get("max_keypoints", detector_cls.default_conf.get("max_keypoints", -1))
+            check_matchability(self.net, candidates, self.keep, conf["scale_pooling"])
+            det["max_keypoints"] = candidates
+        self.detector = detector_cls(det)
 
     @torch.no_grad()
     def _forward(self, data):
@@ -60,6 +76,8 @@ class HNDesc(BaseModel):
         pred = self.detector({"image": image})
         kpts = pred["keypoints"].to(image.device)
         sa = self.conf["scale_adaptive"]
+        if self.keep is not None:
+            return self.select_matchable(image, kpts)
         if sa is None:
             desc = describe_scale_pooled(self.net, image, kpts, self.conf["scale_pooling"])
         else:
@@ -69,6 +87,41 @@ class HNDesc(BaseModel):
             desc = describe_scale_adaptive(self.net, image, kpts, pred["scales"].to(image.device),
                                            sa["reference_size"], sa["num_levels"])
         return {"keypoints": pred["keypoints"], "scores": pred["scores"], "descriptors": desc}
+
+    def select_matchable(self, image: torch.Tensor, kpts: torch.Tensor) -> dict:
+        """The `keep` most matchable of the candidate keypoints kpts [B,N,2] of image [B,C,H,W]."""
+        feats = self.net(image)
+        desc = describe_scale_pooled(self.net, image, kpts, self.conf["scale_pooling"], feats=feats)
+        logits = self.net.matchability_logits(feats, desc, kpts)
+        out = {"keypoints": [], "scores": [], "descriptors": []}
+        for b in range(len(image)):
+            idx = select_matchable(logits[b], self.keep)
+            out["keypoints"].append(kpts[b, idx])
+            out["scores"].append(torch.sigmoid(logits[b, idx]))
+            out["descriptors"].append(desc[b][:, idx])
+        return {k: torch.stack(v) for k, v in out.items()}
+
+
+def check_matchability(net, candidates, keep: int, scale_pooling) -> None:
+    """model.matchability_candidates must be an int >= the detector's max_keypoints (or -1: all),
+    and the weights must carry a matchability head trained on descriptors pooled as `scale_pooling`."""
+    if not isinstance(candidates, int) or isinstance(candidates, bool) or (candidates < 1 and candidates != -1):
+        raise ValueError(f"model.matchability_candidates must be a positive number of keypoints, -1 (all) or null, "
+                         f"got {candidates!r}.")
+    if keep < 1:
+        raise ValueError("model.matchability_candidates needs a finite detector.max_keypoints: the number of "
+                         "keypoints kept.")
+    if candidates != -1 and candidates < keep:
+        raise ValueError(f"model.matchability_candidates={candidates} is below detector.max_keypoints={keep}: "
+                         "propose at least as many keypoints as are kept.")
+    if not bool(net.matchability.active):
+        raise ValueError("model.matchability_candidates is set but these weights carry no matchability head: "
+                         "learn one with `python -m hndesc_loc.train.matchability` or set it to null.")
+    trained = net.matchability.scale_pooling
+    if [round(float(f), 6) for f in scale_pooling] != trained:
+        raise ValueError(f"the weights' matchability head was trained on descriptors pooled over {trained}, not "
+                         f"model.scale_pooling={list(scale_pooling)}: set one of them to match, or "
+                         "matchability_candidates=null.")
 
 
 def check_scale_pooling(factors, what: str = "model.scale_pooling") -> None:

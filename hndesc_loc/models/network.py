@@ -9,6 +9,7 @@ from torch import nn
 from .. import registry
 from .detection import DetectionHead
 from .global_head import GlobalHead
+from .matchability import MatchabilityHead
 from .whitening import DescriptorWhitening
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -31,7 +32,9 @@ class HNDescNet(nn.Module):
     `has_trained_detector` is False when the loaded weights carry no detection head
     (descriptor-only checkpoints, release checkpoints): the head then stays random.
     `whitening` (learned after training, `hndesc_loc.train.whitening`) is applied to every local
-    descriptor when the weights carry one, and is the identity otherwise."""
+    descriptor when the weights carry one, and is the identity otherwise. `matchability`
+    (learned after training, `hndesc_loc.train.matchability`) scores keypoints for
+    `HNDesc`'s keypoint selection; inactive in files without one."""
 
     def __init__(self, backbone: str = "lite"):
         super().__init__()
@@ -40,6 +43,7 @@ class HNDescNet(nn.Module):
         self.global_head = GlobalHead(self.backbone.coarse_dim)
         self.detection_head = DetectionHead(self.backbone.detection_inputs)
         self.whitening = DescriptorWhitening(self.backbone.descriptor_dim)
+        self.matchability = MatchabilityHead(self.backbone.descriptor_dim, self.backbone.coarse_dim)
         self.has_trained_detector = False
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -53,6 +57,15 @@ class HNDescNet(nn.Module):
     def describe(self, feats: dict, keypoints: torch.Tensor) -> torch.Tensor:
         """feats of `forward`, keypoints [B,N,2] (pixels) -> unit descriptors [B,D,N]."""
         return self.whitening(self.backbone.describe(feats, keypoints))
+
+    def matchability_logits(self, feats: dict, desc: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+        """feats of `forward`, descriptors [B,D,N] of keypoints [B,N,2] (pixels) -> logits [B,N] of
+        the learned matchability head."""
+        if not bool(self.matchability.active):
+            raise ValueError("these weights carry no matchability head: learn one with "
+                             "`python -m hndesc_loc.train.matchability` or set model.matchability_candidates=null.")
+        features = self.matchability.inputs(desc, feats["coarse"], keypoints, self.backbone.coarse_stride)
+        return self.matchability(features)
 
     def global_descriptor(self, feats: dict) -> torch.Tensor:
         return self.global_head(feats["coarse"])
@@ -111,8 +124,10 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> HNDescNet:
     target = net if full else net.backbone
     result = target.load_state_dict(state, strict=False)
     # Descriptor-only checkpoints have no detection head: allowed, and recorded. Files without a
-    # learned whitening (all but those `hndesc_loc.train.whitening` wrote) leave it inactive.
-    missing = [k for k in result.missing_keys if not k.startswith(("detection_head.", "whitening."))]
+    # learned whitening or matchability head (those the `hndesc_loc.train` tools of the same
+    # names did not write) leave them inactive.
+    missing = [k for k in result.missing_keys
+               if not k.startswith(("detection_head.", "whitening.", "matchability."))]
     net.has_trained_detector = full and not any(k.startswith("detection_head.") for k in result.missing_keys)
     if missing or result.unexpected_keys:
         raise ValueError(

@@ -21,7 +21,7 @@ from ..models.sampling import sample_features
 from .detection_losses import cosim_loss, peaky_loss, reliability_loss, warp_map
 from .losses import candidate_lists, descriptor_loss, exact_ap_single_positive, expected_match_reward
 from .data import warp_into_view1
-from .trainer import Trainer, default_conf, drop_whitening
+from .trainer import Trainer, default_conf, drop_learned_after_training
 
 default_detector_conf = {
     **default_conf,
@@ -69,7 +69,7 @@ class DetectorTrainer(Trainer):
         if mode != "none":
             for p in (net.backbone.head if mode == "mlp" else net.backbone).parameters():
                 p.requires_grad_(True)
-            drop_whitening(net, self.conf["init_weights"])
+            drop_learned_after_training(net, self.conf["init_weights"])
         if not self.conf["detection"]["train_head"] and mode == "none":
             raise ValueError("detection.train_head=false with detection.descriptor.train=none trains nothing.")
         if self.conf["detection"]["reliability_weight"] == 0:

@@ -214,7 +214,7 @@ class Trainer:
             from ..models.network import load_network
 
             net = load_network(self.conf["init_weights"], self.conf["backbone"])
-            drop_whitening(net, self.conf["init_weights"])
+            drop_learned_after_training(net, self.conf["init_weights"])
             return net
         return HNDescNet(self.conf["backbone"])
 
@@ -237,8 +237,10 @@ class Trainer:
 
     def resume(self, path: Path):
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-        # Runs checkpointed before the network had a whitening resume with it inactive, as trained.
-        state = {**{f"whitening.{k}": v for k, v in self.net.whitening.state_dict().items()}, **ckpt["model"]}
+        # Runs checkpointed before the network had a whitening or a matchability head resume with
+        # them inactive, as trained.
+        state = {**{f"{m}.{k}": v for m in ("whitening", "matchability")
+                    for k, v in getattr(self.net, m).state_dict().items()}, **ckpt["model"]}
         self.net.load_state_dict(state)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -493,13 +495,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def drop_whitening(net: HNDescNet, source) -> None:
-    """Reset the learned whitening `source`'s network carries, if any (it was learned for the
-    descriptor that training is about to change; a new one is learned afterwards)."""
+def drop_learned_after_training(net: HNDescNet, source) -> None:
+    """Reset the learned whitening and matchability head `source`'s network carries, if any (both
+    were learned for the descriptor that training is about to change; new ones are learned
+    afterwards)."""
     if bool(net.whitening.active):
         logger.info("%s carries a learned whitening: dropped, the descriptor is trained here; learn a new one "
                     "afterwards with `python -m hndesc_loc.train.whitening`.", source)
         net.whitening.reset()
+    if bool(net.matchability.active):
+        logger.info("%s carries a matchability head: dropped, the descriptor is trained here; learn a new one "
+                    "afterwards with `python -m hndesc_loc.train.matchability`.", source)
+        net.matchability.reset()
 
 
 def export_weights(checkpoint: Path, output: Path, half: bool = False) -> dict:
@@ -514,13 +521,33 @@ def write_small_weights(ckpt: dict, output: Path, half: bool = False) -> dict:
     from ..models.network import without_untrained_heads
 
     model = without_untrained_heads(ckpt["model"], ckpt["config"])
-    # The whitening stays float32: it is a product of inverse square roots, fp16 would round it.
-    model = {k: v.half() if v.is_floating_point() and not k.startswith("whitening.") else v
+    # The whitening stays float32: it is a product of inverse square roots, fp16 would round it;
+    # the matchability head too (its input statistics are tiny, it is a few KB).
+    model = {k: v.half() if v.is_floating_point() and not k.startswith(("whitening.", "matchability.")) else v
              for k, v in model.items()} if half else model
     small = {"model": model, "backbone": ckpt["backbone"], "config": ckpt["config"],
              "step": ckpt["step"], "val_ap": ckpt["best_val"]}
+    save_atomically(small, output)
+    return small
+
+
+def save_atomically(obj: dict, output: Path) -> None:
+    """torch.save to a temporary name, then rename: a killed process never leaves a half file."""
+    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
-    torch.save(small, tmp)
+    torch.save(obj, tmp)
     tmp.replace(output)
-    return small
+
+
+def read_small_weights(weights: Path) -> dict:
+    """A weights file of this project (`write_small_weights`' format, or one the post-training
+    tools wrote), else a one-line error that says how to make one."""
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"Weights file {weights} does not exist: pass a file written by "
+                                "`python -m hndesc_loc.train.export`, e.g. hndesc_loc/weights/hndesc_effnet_std.pt.")
+    ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{weights} is not a weights file of this project (no 'model' entry): export it first "
+                         "with `python -m hndesc_loc.train.export`.")
+    return ckpt

@@ -22,7 +22,7 @@ from ..utils.base_model import merge_conf
 from ..utils.cli import Parser, run as run_cli
 from .__main__ import load_config
 from .data import PairDataset, collect_images, warp_inside
-from .trainer import default_conf
+from .trainer import default_conf, read_small_weights, save_atomically
 
 BATCH = 8
 # Keypoints per 256 px crop in 'detector' mode: hndesc_joint's density (4096 per 640 px image).
@@ -80,13 +80,7 @@ def main(weights: Path, config: Path, output: Path, num_pairs: int = 400, seed: 
     synthetic pairs drawn from the training data of `config`, at `keypoints` (see
     `positive_pairs`), of strength `power` (`learn_whitening`). Returns the written dict."""
     check_power(power)   # before minutes of pair drawing (learn_whitening checks it for library callers)
-    if not Path(weights).is_file():
-        raise FileNotFoundError(f"Weights file {weights} does not exist: pass a file written by "
-                                "`python -m hndesc_loc.train.export`, e.g. hndesc_loc/weights/hndesc_effnet_std.pt.")
-    ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{weights} is not a weights file of this project (no 'model' entry): export it first "
-                         "with `python -m hndesc_loc.train.export`.")
+    ckpt = read_small_weights(weights)
     net = load_checkpoint(weights, ckpt.get("backbone"))
     conf = merge_conf(default_conf["data"], load_config(config).get("data", {}), f"{config} data")
     sources = collect_images(conf["folders"], conf["megadepth_root"], "train", conf["builtin"])
@@ -99,13 +93,15 @@ def main(weights: Path, config: Path, output: Path, num_pairs: int = 400, seed: 
     net.whitening.set(mean, projection)
     model = dict(ckpt["model"])
     model.update({f"whitening.{k}": v.clone() for k, v in net.whitening.state_dict().items()})
-    out = {**ckpt, "model": model,
+    # A matchability head read the descriptors of the former whitening: it no longer applies.
+    if any(k.startswith("matchability.") for k in model):
+        logger.info("%s carries a matchability head learned on other descriptors: left out of %s; learn a new one "
+                    "with `python -m hndesc_loc.train.matchability`.", weights, output)
+        model = {k: v for k, v in model.items() if not k.startswith("matchability.")}
+    out = {**{k: v for k, v in ckpt.items() if k != "matchability"}, "model": model,
            "whitening": {"config": str(config), "num_pairs": num_pairs, "descriptor_pairs": len(desc0),
                          "seed": seed, "keypoints": keypoints, "power": power, "from": str(weights)}}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    torch.save(out, tmp)
-    tmp.replace(output)
+    save_atomically(out, output)
     logger.info("Whitening learned from %d descriptor pairs (%d image pairs of %s); wrote %s.",
                 len(desc0), num_pairs, config, output)
     return out

@@ -1,0 +1,156 @@
+"""Learn the matchability head of a trained network (`hndesc_loc.models.matchability`) from
+structure-from-motion models of its training photos, and write the weights with it.
+
+    python -m hndesc_loc.train.matchability --weights hndesc_loc/weights/hndesc_effnet_std.pt \\
+        --image_dirs ../shared/data/sacre_coeur ../shared/data/freiburg_sequence --output W.pt
+
+Each folder is reconstructed with COLMAP's own SIFT pipeline (`train.sfm_pairs.reconstruct_sift`);
+the keypoints the extractor conf proposes (its detector, `--candidates` of them, at its
+resolution) that lie within `--radius` px of an observation of a 3D point are the matched ones,
+the others the unmatched ones (Hartmann, Havlena, Schindler, "Predicting Matchability", CVPR
+2014, label SIFT keypoints the same way). Features: the conf's descriptor (scale pooling included)
+and the encoder's coarse features at the keypoint. No annotation and no held-out photo is seen.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import logger
+from ..extract_features import confs as extract_confs, load_image
+from ..models.hndesc import HNDesc, describe_scale_pooled
+from ..models.matchability import fit_matchability
+from ..utils.base_model import merge_conf
+from ..utils.cli import Parser, run as run_cli
+from .sfm_pairs import reconstruct_sift
+from .trainer import read_small_weights, save_atomically
+
+default_conf = {
+    "conf": "hndesc",      # extractor conf whose detector, resolution and descriptor pooling are used
+    "candidates": 16384,   # keypoints proposed per image (the extractor's model.matchability_candidates)
+    "radius": 3.0,         # px at the extraction resolution: a keypoint this near a 3D point's observation is matched
+    "epochs": 300,         # full-batch Adam steps of the head
+    "seed": 0,
+    "num_threads": 1,      # COLMAP threads; 1 reproduces exactly
+}
+
+
+def matched_labels(keypoints: np.ndarray, observations: np.ndarray, radius: float) -> np.ndarray:
+    """keypoints [N,2], observations [M,2] (same pixels) -> [N] bool: within `radius` of one."""
+    if len(keypoints) == 0 or len(observations) == 0:
+        return np.zeros(len(keypoints), bool)
+    d = torch.cdist(torch.from_numpy(keypoints).double(), torch.from_numpy(observations).double())
+    return (d.min(1).values <= radius).numpy()
+
+
+def observations_at(image: "pycolmap.Image", scale: np.ndarray) -> np.ndarray:  # noqa: F821
+    """Positions [M,2] of the image's observations of 3D points, moved to an image resized by
+    `scale` [2] (x, y) and to this project's pixel convention (COLMAP's is shifted by half a pixel)."""
+    xy = np.array([p.xy for p in image.points2D if p.has_point3D()], np.float64).reshape(-1, 2)
+    return xy * scale[None] - 0.5
+
+
+@torch.no_grad()
+def image_examples(model: HNDesc, path: Path, preprocessing: dict, image: "pycolmap.Image",  # noqa: F821
+                   radius: float) -> tuple[torch.Tensor, np.ndarray]:
+    """Head inputs [N,D+C] and labels [N] of the candidate keypoints of one registered image."""
+    data = load_image(path, preprocessing)
+    tensor = data["image"][None]
+    scale = np.array(tensor.shape[-2:][::-1], np.float64) / data["original_size"]
+    kpts = model.detector({"image": tensor})["keypoints"]
+    feats = model.net(tensor)
+    desc = describe_scale_pooled(model.net, tensor, kpts, model.conf["scale_pooling"], feats=feats)
+    features = model.net.matchability.inputs(desc, feats["coarse"], kpts, model.net.backbone.coarse_stride)[0]
+    return features, matched_labels(kpts[0].numpy(), observations_at(image, scale), radius)
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of scores [N] for boolean labels [N] (rank statistic)."""
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(len(scores))
+    pos = labels.astype(bool)
+    return float((ranks[pos].mean() - (pos.sum() - 1) / 2) / (~pos).sum())
+
+
+def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None = None) -> dict:
+    """Write `output`: `weights` with a matchability head learned on SfM models of `image_dirs`.
+    Returns the record stored under 'matchability' in the file."""
+    conf = merge_conf(default_conf, conf or {}, "matchability conf")
+    if conf["candidates"] < 1 or conf["radius"] <= 0 or conf["epochs"] < 1:
+        raise ValueError("candidates and epochs must be >= 1 and radius > 0.")
+    if conf["conf"] not in extract_confs or extract_confs[conf["conf"]]["model"]["name"] != "hndesc":
+        raise ValueError(f"--conf {conf['conf']!r} is not an extractor conf of the 'hndesc' model.")
+    ckpt = read_small_weights(weights)
+    for d in image_dirs:
+        if not Path(d).is_dir():
+            raise FileNotFoundError(f"Image folder {d} does not exist: pass folders of overlapping training photos.")
+    extract = extract_confs[conf["conf"]]
+    model_conf = {**extract["model"], "weights": str(weights), "backbone": ckpt.get("backbone", extract["model"]["backbone"]),
+                  "matchability_candidates": None,
+                  "detector": {**extract["model"]["detector"], "max_keypoints": conf["candidates"]}}
+    model = HNDesc(model_conf).eval()
+    features, labels, folds, per_dir = [], [], [], {}
+    for d in image_dirs:
+        with tempfile.TemporaryDirectory() as work:
+            logger.info("Reconstructing %s with COLMAP's SIFT pipeline.", d)
+            rec = reconstruct_sift(Path(d), Path(work), conf["num_threads"])
+        images = sorted(rec.images.values(), key=lambda im: im.name)
+        for im in tqdm(images, desc=f"matchability examples {Path(d).name}", unit="image"):
+            f, y = image_examples(model, Path(d) / im.name, extract["preprocessing"], im, conf["radius"])
+            features.append(f)
+            labels.append(y)
+            folds.append(len(folds) % 4)
+        per_dir[str(d)] = {"registered": len(images), "keypoints": int(sum(len(y) for y in labels[-len(images):])),
+                           "matched": int(sum(y.sum() for y in labels[-len(images):]))}
+    head = model.net.matchability
+    pooling = model.conf["scale_pooling"]
+    # Held-out estimate first: every fourth registered image left out of one fit.
+    fold = np.array(folds)
+    held = [i for i in range(len(labels)) if fold[i] == 0]
+    train = [i for i in range(len(labels)) if fold[i] != 0]
+    fit_matchability(head, torch.cat([features[i] for i in train]), torch.from_numpy(np.concatenate([labels[i] for i in train])),
+                     pooling, conf["epochs"], seed=conf["seed"])
+    with torch.no_grad():
+        held_scores = head(torch.cat([features[i] for i in held])).numpy()
+    held_auc = auc(held_scores, np.concatenate([labels[i] for i in held]))
+    x, y = torch.cat(features), torch.from_numpy(np.concatenate(labels))
+    loss = fit_matchability(head, x, y, pooling, conf["epochs"], seed=conf["seed"])
+    record = {"conf": conf, "image_dirs": [str(d) for d in image_dirs], "folders": per_dir,
+              "examples": len(y), "matched": int(y.sum()), "loss": loss, "held_out_auc": held_auc,
+              "scale_pooling": list(pooling), "from": str(weights)}
+    state = dict(ckpt["model"])
+    state.update({f"matchability.{k}": v.clone() for k, v in head.state_dict().items()})
+    out = {**ckpt, "model": state, "matchability": record}
+    save_atomically(out, output)
+    logger.info("Matchability head from %d keypoints (%d matched) of %d images; held-out image AUC %.3f; wrote %s.",
+                len(y), int(y.sum()), len(labels), held_auc, output)
+    return record
+
+
+def cli(argv=None):
+    p = Parser(description=__doc__)
+    p.add_argument("--weights", type=Path, required=True, help="trained weights file (an export of this project)")
+    p.add_argument("--image_dirs", type=Path, nargs="+", required=True,
+                   help="folders of overlapping training photos, one scene each (never evaluation photos)")
+    p.add_argument("--output", type=Path, required=True, help="weights file to write (the input plus the head)")
+    p.add_argument("--conf", default=default_conf["conf"],
+                   help="extractor conf (of the 'hndesc' model) whose detector, resolution and pooling are used")
+    p.add_argument("--candidates", type=int, default=default_conf["candidates"],
+                   help="keypoints proposed per image, as the extractor's model.matchability_candidates")
+    p.add_argument("--radius", type=float, default=default_conf["radius"],
+                   help="px at the extraction resolution within which a keypoint counts as a 3D point's observation")
+    p.add_argument("--epochs", type=int, default=default_conf["epochs"], help="full-batch training steps of the head")
+    p.add_argument("--seed", type=int, default=default_conf["seed"], help="seed of the head's initialisation")
+    p.add_argument("--num_threads", type=int, default=default_conf["num_threads"])
+    a = p.parse_args(argv)
+    main(a.weights, a.image_dirs, a.output, {"conf": a.conf, "candidates": a.candidates, "radius": a.radius,
+                                            "epochs": a.epochs, "seed": a.seed, "num_threads": a.num_threads})
+
+
+if __name__ == "__main__":
+    run_cli(cli)
