@@ -77,7 +77,7 @@ class HNDesc(BaseModel):
         kpts = pred["keypoints"].to(image.device)
         sa = self.conf["scale_adaptive"]
         if self.keep is not None:
-            return self.select_matchable(image, kpts)
+            return self.keep_most_matchable(image, kpts)
         if sa is None:
             desc = describe_scale_pooled(self.net, image, kpts, self.conf["scale_pooling"])
         else:
@@ -88,8 +88,10 @@ class HNDesc(BaseModel):
                                            sa["reference_size"], sa["num_levels"])
         return {"keypoints": pred["keypoints"], "scores": pred["scores"], "descriptors": desc}
 
-    def select_matchable(self, image: torch.Tensor, kpts: torch.Tensor) -> dict:
-        """The `keep` most matchable of the candidate keypoints kpts [B,N,2] of image [B,C,H,W]."""
+    def keep_most_matchable(self, image: torch.Tensor, kpts: torch.Tensor) -> dict:
+        """The `keep` most matchable of the candidate keypoints kpts [B,N,2] of image [B,C,H,W] ->
+        {'keypoints' [B,K,2], 'scores' [B,K] (matchability probability), 'descriptors' [B,D,K]},
+        K = min(keep, N) (the detector pads nothing: extraction runs one image per batch)."""
         feats = self.net(image)
         desc = describe_scale_pooled(self.net, image, kpts, self.conf["scale_pooling"], feats=feats)
         logits = self.net.matchability_logits(feats, desc, kpts)

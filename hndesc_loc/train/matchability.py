@@ -99,7 +99,9 @@ def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None 
         with tempfile.TemporaryDirectory() as work:
             logger.info("Reconstructing %s with COLMAP's SIFT pipeline.", d)
             rec = reconstruct_sift(Path(d), Path(work), conf["num_threads"])
-        images = sorted(rec.images.values(), key=lambda im: im.name)
+        # Registered images only: one without a pose has no 3D point, and all its keypoints would
+        # pass for unmatched.
+        images = sorted((rec.images[i] for i in rec.reg_image_ids()), key=lambda im: im.name)
         for im in tqdm(images, desc=f"matchability examples {Path(d).name}", unit="image"):
             f, y = image_examples(model, Path(d) / im.name, extract["preprocessing"], im, conf["radius"])
             features.append(f)
