@@ -97,11 +97,9 @@ def fit_matchability(head: MatchabilityHead, features: torch.Tensor, labels: tor
     if positives == 0 or positives == len(labels):
         raise ValueError(f"matchability needs both matched and unmatched keypoints; got {int(positives)} matched "
                          f"of {len(labels)}.")
-    head.set_statistics(features.mean(0), features.std(0), scale_pooling)
     torch.manual_seed(seed)
-    for m in head.mlp:
-        if isinstance(m, nn.Linear):
-            m.reset_parameters()
+    head.reset()   # a fresh initialisation of the MLP, drawn from `seed`
+    head.set_statistics(features.mean(0), features.std(0), scale_pooling)
     head.mlp.requires_grad_(True)
     optim = torch.optim.Adam(head.mlp.parameters(), lr=lr, weight_decay=weight_decay)
     pos_weight = torch.tensor((len(labels) - positives) / positives)

@@ -58,14 +58,17 @@ class HNDescNet(nn.Module):
         """feats of `forward`, keypoints [B,N,2] (pixels) -> unit descriptors [B,D,N]."""
         return self.whitening(self.backbone.describe(feats, keypoints))
 
+    def matchability_inputs(self, feats: dict, desc: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+        """feats of `forward`, descriptors [B,D,N] of keypoints [B,N,2] (pixels) -> the matchability
+        head's inputs [B,N,D+C] (what it is trained on and what it scores)."""
+        return self.matchability.inputs(desc, feats["coarse"], keypoints, self.backbone.coarse_stride)
+
     def matchability_logits(self, feats: dict, desc: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-        """feats of `forward`, descriptors [B,D,N] of keypoints [B,N,2] (pixels) -> logits [B,N] of
-        the learned matchability head."""
+        """As `matchability_inputs` -> logits [B,N] of the learned matchability head."""
         if not bool(self.matchability.active):
             raise ValueError("these weights carry no matchability head: learn one with "
                              "`python -m hndesc_loc.train.matchability` or set model.matchability_candidates=null.")
-        features = self.matchability.inputs(desc, feats["coarse"], keypoints, self.backbone.coarse_stride)
-        return self.matchability(features)
+        return self.matchability(self.matchability_inputs(feats, desc, keypoints))
 
     def global_descriptor(self, feats: dict) -> torch.Tensor:
         return self.global_head(feats["coarse"])

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .. import logger
 from ..extract_features import confs as extract_confs, load_image
+from ..io import list_images
 from ..models.hndesc import HNDesc, describe_scale_pooled
 from ..models.matchability import fit_matchability
 from ..utils.base_model import merge_conf
@@ -64,7 +65,7 @@ def image_examples(model: HNDesc, path: Path, preprocessing: dict, image: "pycol
     kpts = model.detector({"image": tensor})["keypoints"]
     feats = model.net(tensor)
     desc = describe_scale_pooled(model.net, tensor, kpts, model.conf["scale_pooling"], feats=feats)
-    features = model.net.matchability.inputs(desc, feats["coarse"], kpts, model.net.backbone.coarse_stride)[0]
+    features = model.net.matchability_inputs(feats, desc, kpts)[0]
     return features, matched_labels(kpts[0].numpy(), observations_at(image, scale), radius)
 
 
@@ -102,13 +103,19 @@ def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None 
         # Registered images only: one without a pose has no 3D point, and all its keypoints would
         # pass for unmatched.
         images = sorted((rec.images[i] for i in rec.reg_image_ids()), key=lambda im: im.name)
+        left_out = sorted(set(list_images(Path(d))) - {im.name for im in images})
+        if left_out:
+            logger.warning("%d image(s) of %s are not in the COLMAP model (unreadable, or sharing too little with "
+                           "the others) and give no examples: %s", len(left_out), d, ", ".join(left_out[:10]))
+        folder = []
         for im in tqdm(images, desc=f"matchability examples {Path(d).name}", unit="image"):
             f, y = image_examples(model, Path(d) / im.name, extract["preprocessing"], im, conf["radius"])
             features.append(f)
-            labels.append(y)
+            folder.append(y)
             folds.append(len(folds) % 4)
-        per_dir[str(d)] = {"registered": len(images), "keypoints": int(sum(len(y) for y in labels[-len(images):])),
-                           "matched": int(sum(y.sum() for y in labels[-len(images):]))}
+        labels += folder
+        per_dir[str(d)] = {"registered": len(images), "keypoints": int(sum(len(y) for y in folder)),
+                           "matched": int(sum(y.sum() for y in folder))}
     head = model.net.matchability
     pooling = model.conf["scale_pooling"]
     # Held-out estimate first: every fourth registered image left out of one fit.
