@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: test images at a fixed size, peak-memory measurement
 in a child process (so that each method's peak RSS is its own)."""
 import multiprocessing as mp
+import queue
 import resource
 import time
 from pathlib import Path
@@ -60,6 +61,13 @@ def run_isolated(fn, *args):
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=(fn, args, q))
     p.start()
-    out = q.get()
+    while True:  # a child that dies (an exception, the OOM killer) puts nothing: never wait for it forever
+        try:
+            out = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"{getattr(fn, '__name__', fn)} died (exit code {p.exitcode}) before returning: "
+                                   "see its traceback above.") from None
     p.join()
     return out

@@ -49,7 +49,6 @@ def point_describer(model, conf: dict):
     import torch
     import torch.nn.functional as F
 
-    from hndesc_loc.models.hndesc import describe_scale_pooled
     from hndesc_loc.models.sampling import sample_features
 
     pre = conf.get("preprocessing", {})
@@ -61,7 +60,7 @@ def point_describer(model, conf: dict):
     @torch.no_grad()
     def hndesc(path, pts):
         image, kp = load(path, pts)
-        return describe_scale_pooled(model.net, image, kp, conf["model"].get("scale_pooling", [1.0]))[0].numpy()
+        return model.describe(image, kp)[0].numpy()
 
     @torch.no_grad()
     def disk(path, pts):
@@ -81,7 +80,7 @@ def point_describer(model, conf: dict):
         desc = np.sqrt(desc / np.maximum(desc.sum(1, keepdims=True), 1e-6))   # RootSIFT, unit norm
         return desc.T
 
-    if name in ("hndesc", "hndesc_joint") and hasattr(model.net, "describe"):
+    if name in ("hndesc", "hndesc_joint") and hasattr(model, "describe"):
         return hndesc if not (conf["model"].get("scale_adaptive")) else None
     if name == "disk":
         return disk

@@ -23,11 +23,14 @@ from .utils.cli import Parser, run as run_cli
 # hloc-shaped confs. `output` is the file name stem in export_dir.
 confs = {
     # Shipped effnet_std network (ImageNet-initialised encoder, standardised input) on OpenCV SIFT
-    # (DoG) keypoints, descriptors pooled over the image at full and half resolution: the default.
+    # (DoG) keypoints: the 4096 most matchable of 16384 by the weights' matchability head,
+    # descriptors pooled over the image at full and half resolution, with the coarse context
+    # appended at weight 0.5 (320-d; model.context_weight=null gives the 128-d fine part): the default.
     "hndesc": {
-        "output": "feats-hndesc-effnet_std-sift-n4096-r1024",
+        "output": "feats-hndesc-effnet_std-ctx-sift16k-n4096-r1024",
         "model": {"name": "hndesc", "backbone": "effnet_std", "weights": "default",
-                  "detector": {"name": "sift", "max_keypoints": 4096}, "scale_pooling": [1.0, 0.5]},
+                  "detector": {"name": "sift", "max_keypoints": 4096}, "scale_pooling": [1.0, 0.5],
+                  "matchability_candidates": 16384, "context_weight": 0.5},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
     # Detect and describe with HNDesc alone: the trained detection head of the lite network.

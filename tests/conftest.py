@@ -52,3 +52,22 @@ def image():
     import skimage.data
 
     return torch.from_numpy(skimage.data.astronaut()[:448, :448]).permute(2, 0, 1).float()[None] / 255
+
+
+@pytest.fixture(scope="session")
+def head_weights(tmp_path_factory) -> Path:
+    """The shipped lite weights plus a matchability head that prefers bright keypoints (a rule
+    the extractor test can check without knowing which keypoints a real head prefers)."""
+    from hndesc_loc.models.matchability import fit_matchability
+    from hndesc_loc.models.network import SHIPPED_WEIGHTS, load_checkpoint
+
+    lite = SHIPPED_WEIGHTS["lite"]
+    net = load_checkpoint(lite, "lite")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3000, net.backbone.descriptor_dim + net.backbone.coarse_dim, generator=g)
+    fit_matchability(net.matchability, x, (x[:, 0] > 0.5).float(), [1.0], epochs=100)
+    ckpt = torch.load(lite, map_location="cpu", weights_only=False)
+    ckpt["model"] = {**ckpt["model"], **{f"matchability.{k}": v for k, v in net.matchability.state_dict().items()}}
+    path = tmp_path_factory.mktemp("match") / "lite_match.pt"
+    torch.save(ckpt, path)
+    return path

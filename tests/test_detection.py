@@ -238,7 +238,9 @@ def test_joint_extraction_hloc_format_and_as_detector(photo_dir, tmp_path):
 
     conf = extract_features.confs["hndesc_joint"]
     out = extract_features.main(conf, photo_dir, tmp_path)
-    other = extract_features.parse_overrides(extract_features.confs["hndesc"], ["model.detector={name: hndesc}"])
+    other = extract_features.parse_overrides(extract_features.confs["hndesc"], ["model.detector={name: hndesc}",
+                                                                                      "model.matchability_candidates=null",
+                                                                                      "model.context_weight=null"])
     out2 = extract_features.main(other, photo_dir, feature_path=tmp_path / "as_detector.h5")
     with h5py.File(out, "r") as fd, h5py.File(out2, "r") as fd2:
         g = fd["a.jpg"]

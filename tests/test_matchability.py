@@ -62,21 +62,6 @@ def test_auc_is_the_rank_statistic():
     assert auc(np.array([0.1, 0.4, 0.2, 0.3]), np.array([0, 1, 0, 1])) == 1.0
 
 
-@pytest.fixture(scope="module")
-def head_weights(tmp_path_factory) -> Path:
-    """The shipped lite weights plus a matchability head that prefers bright keypoints (a rule
-    the extractor test can check without knowing which keypoints a real head prefers)."""
-    net = load_checkpoint(LITE, "lite")
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(3000, net.backbone.descriptor_dim + net.backbone.coarse_dim, generator=g)
-    fit_matchability(net.matchability, x, (x[:, 0] > 0.5).float(), [1.0], epochs=100)
-    ckpt = torch.load(LITE, map_location="cpu", weights_only=False)
-    ckpt["model"] = {**ckpt["model"], **{f"matchability.{k}": v for k, v in net.matchability.state_dict().items()}}
-    path = tmp_path_factory.mktemp("match") / "lite_match.pt"
-    torch.save(ckpt, path)
-    return path
-
-
 def test_extractor_keeps_the_most_matchable_candidates_with_their_descriptors(head_weights, image):
     conf = {"backbone": "lite", "weights": str(head_weights), "detector": {"name": "sift", "max_keypoints": 200}}
     selected = HNDesc({**conf, "matchability_candidates": 800})

@@ -42,14 +42,15 @@ def test_levels_are_clipped_on_small_images(net):
 
 
 def test_conf_checks():
-    conf = parse_overrides(confs["hndesc"], ["model.scale_pooling=[1.0]", "model.scale_adaptive.reference_size=2.5",
+    conf = parse_overrides(confs["hndesc"], ["model.scale_pooling=[1.0]", "model.context_weight=null", "model.matchability_candidates=null", "model.scale_adaptive.reference_size=2.5",
                                              "model.scale_adaptive.num_levels=5"])
     model = build_model(conf)
     pred = model({"image": torch.rand(1, 3, 96, 128)})
     assert pred["descriptors"].shape[-1] == pred["keypoints"].shape[1]
     with pytest.raises(ValueError, match="reference_size and num_levels"):
-        build_model(parse_overrides(confs["hndesc"], ["model.scale_pooling=[1.0]", "model.scale_adaptive.reference_size=2.5"]))
+        build_model(parse_overrides(confs["hndesc"], ["model.scale_pooling=[1.0]", "model.context_weight=null", "model.matchability_candidates=null", "model.scale_adaptive.reference_size=2.5"]))
     no_scales = build_model(parse_overrides(confs["hndesc"], ["model.detector={name: hndesc}", "model.scale_pooling=[1.0]",
+                                                              "model.context_weight=null", "model.matchability_candidates=null",
                                                               "model.scale_adaptive.reference_size=2.5",
                                                               "model.scale_adaptive.num_levels=5"]))
     with pytest.raises(ValueError, match="does not report"):

@@ -35,6 +35,14 @@ class HNDesc(BaseModel):
         # keypoints and the detector.max_keypoints most matchable are kept (scores: their
         # matchability probability). None: the detector's strongest, as detected.
         "matchability_candidates": None,
+        # Coarse-fine descriptor (CAPS concatenates its coarse and fine descriptors the same way):
+        # the unit coarse encoder feature at the keypoint (stride 32 for effnet: context of tens
+        # of pixels), pooled over scale_pooling like the fine part, is appended with this weight
+        # w and the whole normalised, so two descriptors' similarity is (fine.fine' +
+        # w^2 ctx.ctx') / (1 + w^2): look-alike corners in unlike surroundings (a step of
+        # another flight, a branch against the sky) score lower. Output D + C dims (128 + 192
+        # for effnet_std). None: off, the D-dim fine descriptor alone.
+        "context_weight": None,
     }
     required_inputs = ["image"]
     detection_noise = 1.0
@@ -57,6 +65,10 @@ class HNDesc(BaseModel):
         if sa is not None and list(conf["scale_pooling"]) != [1.0]:
             raise ValueError("model.scale_pooling and model.scale_adaptive are exclusive: set one of them "
                              "(scale_pooling=[1.0] or scale_adaptive=null).")
+        check_context_weight(conf["context_weight"])
+        if sa is not None and conf["context_weight"] is not None:
+            raise ValueError("model.context_weight and model.scale_adaptive are exclusive: set one of them "
+                             "(context_weight=null or scale_adaptive=null).")
         det = dict(conf["detector"])
         detector_cls = registry.get("detector", det.pop("name"))
         self.keep = None  # keypoints kept by the matchability selection (None: off)
@@ -79,7 +91,7 @@ class HNDesc(BaseModel):
         if self.keep is not None:
             return self.keep_most_matchable(image, kpts)
         if sa is None:
-            desc = describe_scale_pooled(self.net, image, kpts, self.conf["scale_pooling"])
+            desc = self.describe(image, kpts)
         else:
             if "scales" not in pred:
                 raise ValueError(f"model.scale_adaptive needs keypoint scales, which detector "
@@ -88,13 +100,18 @@ class HNDesc(BaseModel):
                                            sa["reference_size"], sa["num_levels"])
         return {"keypoints": pred["keypoints"], "scores": pred["scores"], "descriptors": desc}
 
+    def describe(self, image: torch.Tensor, kpts: torch.Tensor, feats: dict | None = None) -> torch.Tensor:
+        """Descriptors [B,D',N] of keypoints kpts [B,N,2] (pixels of image [B,C,H,W]) as this conf
+        describes them (`describe_keypoints`). feats: net(image) when the caller has it."""
+        return describe_keypoints(self.net, image, kpts, self.conf, feats)[0]
+
     def keep_most_matchable(self, image: torch.Tensor, kpts: torch.Tensor) -> dict:
         """The `keep` most matchable of the candidate keypoints kpts [B,N,2] of image [B,C,H,W] ->
-        {'keypoints' [B,K,2], 'scores' [B,K] (matchability probability), 'descriptors' [B,D,K]},
+        {'keypoints' [B,K,2], 'scores' [B,K] (matchability probability), 'descriptors' [B,D',K]},
         K = min(keep, N) (the detector pads nothing: extraction runs one image per batch)."""
         feats = self.net(image)
-        desc = describe_scale_pooled(self.net, image, kpts, self.conf["scale_pooling"], feats=feats)
-        logits = self.net.matchability_logits(feats, desc, kpts)
+        desc, fine = describe_keypoints(self.net, image, kpts, self.conf, feats)
+        logits = self.net.matchability_logits(feats, fine, kpts)
         out = {"keypoints": [], "scores": [], "descriptors": []}
         for b in range(len(image)):
             idx = select_matchable(logits[b], self.keep)
@@ -126,6 +143,32 @@ def check_matchability(net, candidates, keep: int, scale_pooling) -> None:
                          "matchability_candidates=null.")
 
 
+@torch.no_grad()
+def describe_keypoints(net, image: torch.Tensor, kpts: torch.Tensor, conf: dict,
+                       feats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoints kpts [B,N,2] (pixels of image [B,C,H,W]) described as an extractor conf says
+    (its `scale_pooling` and `context_weight`) -> (descriptors [B,D',N], fine part [B,D,N]):
+    D' = D + C with the coarse context appended, else D and the two are the same tensor.
+    feats: net(image) when the caller has it (not recomputed)."""
+    w = conf.get("context_weight")
+    if w is None:
+        fine = describe_scale_pooled(net, image, kpts, conf["scale_pooling"], feats=feats)
+        return fine, fine
+    fine, context = describe_scale_pooled(net, image, kpts, conf["scale_pooling"], feats=feats, context=True)
+    return append_context(fine, context, w), fine
+
+
+def check_context_weight(weight) -> None:
+    if weight is not None and (not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0):
+        raise ValueError(f"model.context_weight must be a positive number (e.g. 1.0) or null, got {weight!r}.")
+
+
+def append_context(desc: torch.Tensor, context: torch.Tensor, weight: float) -> torch.Tensor:
+    """Unit descriptors [B,D,N] and unit context features [B,C,N] -> unit coarse-fine
+    descriptors [B,D+C,N]: normalize([desc, weight * context])."""
+    return F.normalize(torch.cat([desc, weight * context.to(desc.dtype)], 1), dim=1)
+
+
 def check_scale_pooling(factors, what: str = "model.scale_pooling") -> None:
     if (not isinstance(factors, (list, tuple)) or not factors
             or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in factors)):
@@ -148,18 +191,27 @@ def rescale(image: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Ten
 
 
 def describe_scale_pooled(net, image: torch.Tensor, keypoints: torch.Tensor, factors,
-                          feats: dict | None = None) -> torch.Tensor:
+                          feats: dict | None = None, context: bool = False):
     """Descriptors [B,D,N] of keypoints [B,N,2] (pixels of image [B,C,H,W]): the mean of the unit
     descriptors taken on the image resized by each of `factors` (antialiased bilinear; keypoints
     moved with the pixel-centre convention), normalised. factors [1.0]: `net.describe` at full
-    resolution, unchanged. `feats`: net(image) when the caller already has it (not recomputed)."""
-    total = None
+    resolution, unchanged. `feats`: net(image) when the caller already has it (not recomputed).
+    context: also the unit coarse features at the keypoints [B,C,N] (`net.context`), pooled over
+    the same factors; returns (descriptors, context)."""
+    total, ctx = None, None
     for f in factors:
         scaled, ratio = rescale(image, f)
         level = feats if scaled is image and feats is not None else net(scaled)
-        d = net.describe(level, (keypoints + 0.5) * ratio - 0.5)
+        points = (keypoints + 0.5) * ratio - 0.5
+        d = net.describe(level, points)
         total = d if total is None else total + d
-    return total if len(factors) == 1 else F.normalize(total, dim=1)
+        if context:
+            c = net.context(level, points)
+            ctx = c if ctx is None else ctx + c
+    desc = total if len(factors) == 1 else F.normalize(total, dim=1)
+    if not context:
+        return desc
+    return desc, (ctx if len(factors) == 1 else F.normalize(ctx, dim=1))
 
 
 def describe_scale_adaptive(net, image: torch.Tensor, keypoints: torch.Tensor, sizes: torch.Tensor,
@@ -213,13 +265,19 @@ class HNDescJoint(BaseModel):
         "remove_borders": 4,           # px; the maps are unreliable where convolutions see padding
         "refine_temperature": 0.2,     # soft-argmax temperature on scores (None: integer pixels, MMA@1 -6 pts)
         "scale_pooling": [1.0],        # as HNDesc's: descriptors averaged over these image scales (detection at 1.0)
+        "context_weight": None,        # as HNDesc's: coarse context appended with this weight (None: off)
     }
     required_inputs = ["image"]
     detection_noise = 1.0
 
     def _init(self, conf):
         check_scale_pooling(conf["scale_pooling"])
+        check_context_weight(conf["context_weight"])
         self.net = load_network(conf["weights"], conf["backbone"], detector=True)
+
+    def describe(self, image: torch.Tensor, kpts: torch.Tensor, feats: dict | None = None) -> torch.Tensor:
+        """As `HNDesc.describe`."""
+        return describe_keypoints(self.net, image, kpts, self.conf, feats)[0]
 
     @torch.no_grad()
     def _forward(self, data):
@@ -229,7 +287,7 @@ class HNDescJoint(BaseModel):
         n = min(len(k) for k in kpts)  # batches are of one image in practice
         kpts = torch.stack([k[:n] for k in kpts])
         return {"keypoints": kpts, "scores": torch.stack([s[:n] for s in scores]),
-                "descriptors": describe_scale_pooled(self.net, image, kpts, self.conf["scale_pooling"], feats)}
+                "descriptors": self.describe(image, kpts, feats)}
 
 
 class HNDescGlobal(BaseModel):

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sampling import sample_features
 
 
 class MatchabilityHead(nn.Module):
@@ -43,12 +42,11 @@ class MatchabilityHead(nn.Module):
         """The descriptor scale pooling the head was trained on."""
         return [round(float(f), 6) for f in self.pooling if f > 0]
 
-    def inputs(self, desc: torch.Tensor, coarse: torch.Tensor, keypoints: torch.Tensor,
-               coarse_stride: int) -> torch.Tensor:
-        """desc [B,D,N] (unit), coarse map [B,C,h,w] at `coarse_stride`, keypoints [B,N,2] (pixels)
-        -> features [B,N,D+C]: the descriptor and the unit coarse feature at each keypoint."""
-        ctx = F.normalize(sample_features(coarse, keypoints, coarse_stride), dim=1)
-        return torch.cat([desc.float(), ctx.float()], 1).transpose(1, 2)
+    @staticmethod
+    def inputs(desc: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """desc [B,D,N] (unit), context [B,C,N] (the unit coarse feature at each keypoint,
+        `HNDescNet.context`) -> features [B,N,D+C]."""
+        return torch.cat([desc.float(), context.float()], 1).transpose(1, 2)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [B,N,D+C] of `inputs` -> logits [B,N]."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import registry
 from .detection import DetectionHead
 from .global_head import GlobalHead
 from .matchability import MatchabilityHead
+from .sampling import sample_features
 from .whitening import DescriptorWhitening
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -61,7 +63,12 @@ class HNDescNet(nn.Module):
     def matchability_inputs(self, feats: dict, desc: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
         """feats of `forward`, descriptors [B,D,N] of keypoints [B,N,2] (pixels) -> the matchability
         head's inputs [B,N,D+C] (what it is trained on and what it scores)."""
-        return self.matchability.inputs(desc, feats["coarse"], keypoints, self.backbone.coarse_stride)
+        return self.matchability.inputs(desc, self.context(feats, keypoints))
+
+    def context(self, feats: dict, keypoints: torch.Tensor) -> torch.Tensor:
+        """feats of `forward`, keypoints [B,N,2] (pixels) -> the unit coarse encoder feature at each
+        keypoint [B,C,N] (stride `backbone.coarse_stride`: context of a few tens of pixels)."""
+        return F.normalize(sample_features(feats["coarse"], keypoints, self.backbone.coarse_stride), dim=1)
 
     def matchability_logits(self, feats: dict, desc: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
         """As `matchability_inputs` -> logits [B,N] of the learned matchability head."""
