@@ -80,3 +80,67 @@ def test_bad_context_confs_are_clear_errors():
         HNDesc({**CONF, "context_weight": 1.0, "scale_adaptive": {"reference_size": 8.0, "num_levels": 3}})
     with pytest.raises(ValueError, match="model.context_weight must be a positive number"):
         HNDescJoint({"context_weight": -2})
+
+
+def test_basis_keeps_the_leading_axes_and_approximates_context_similarities():
+    from hndesc_loc.models.context_basis import ContextBasis
+
+    g = torch.Generator().manual_seed(0)
+    strong = torch.randn(500, 3, generator=g) @ torch.randn(3, 16, generator=g)
+    x = F.normalize(strong + 0.02 * torch.randn(500, 16, generator=g), dim=1)
+    basis = ContextBasis(16)
+    assert torch.equal(basis(x.T[None]), x.T[None])  # inactive: the whole context
+    energy = basis.fit(x, 3)
+    assert basis.active and energy > 0.99
+    torch.testing.assert_close(basis.axes @ basis.axes.T, torch.eye(16), atol=1e-5, rtol=0)
+    proj = basis(x.T[None])[0]
+    assert proj.shape == (3, 500)
+    assert (proj.T @ proj - x @ x.T).abs().max() < 0.05
+    assert basis.fit(x, 1) < energy  # fewer axes, less energy
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="dims must be in"):
+            basis.fit(x, bad)
+    basis.reset()
+    assert not basis.active
+
+
+def test_tool_learns_a_basis_that_the_extractor_applies(shared_data, image, tmp_path):
+    from hndesc_loc.models.network import SHIPPED_WEIGHTS, load_checkpoint
+    from hndesc_loc.train.context_basis import main
+
+    lite = SHIPPED_WEIGHTS["lite"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(lite, [tmp_path / "absent"], tmp_path / "x.pt")
+    record = main(lite, [shared_data / "sacre_coeur"], tmp_path / "b.pt", {"dims": 8})
+    assert record["images"] == 10 and record["contexts"] > 10000 and 0.5 < record["energy"] < 1
+    assert not (tmp_path / "x.pt").exists()
+    before, after = torch.load(lite, weights_only=False)["model"], torch.load(tmp_path / "b.pt", weights_only=False)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    net = load_checkpoint(tmp_path / "b.pt", "lite")
+    assert net.context_basis.active and int(net.context_basis.dims) == 8
+    model = HNDesc({**CONF, "weights": str(tmp_path / "b.pt"), "context_weight": 0.5})
+    with torch.no_grad():
+        desc = model.describe(image, KP)
+        feats = model.net(image)
+        fine, ctx = model.net.describe(feats, KP), model.net.context(feats, KP)
+    assert desc.shape == (1, model.net.backbone.descriptor_dim + 8, 4)
+    expected = F.normalize(torch.cat([fine, 0.5 * (net.context_basis.axes[:8] @ ctx[0])[None]], 1), dim=1)
+    torch.testing.assert_close(desc, expected, atol=1e-5, rtol=0)
+
+
+def test_fine_tuning_drops_the_basis_and_fp16_export_keeps_it_in_float32(tmp_path):
+    from hndesc_loc.models.network import SHIPPED_WEIGHTS, load_checkpoint
+    from hndesc_loc.train.export import main as export_main
+    from hndesc_loc.train.trainer import drop_learned_after_training
+
+    net = load_checkpoint(SHIPPED_WEIGHTS["lite"], "lite")
+    net.context_basis.fit(F.normalize(torch.randn(300, net.backbone.coarse_dim), dim=1), 4)
+    ckpt = {"model": net.state_dict(), "backbone": "lite", "config": {"stage": "descriptor"}, "step": 1, "best_val": 0.0}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    export_main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--output", str(tmp_path / "half.pt"), "--half"])
+    half = torch.load(tmp_path / "half.pt", weights_only=False)["model"]
+    assert half["context_basis.axes"].dtype == torch.float32
+    loaded = load_checkpoint(tmp_path / "half.pt", "lite")
+    assert torch.equal(loaded.context_basis.axes, net.context_basis.axes)
+    drop_learned_after_training(loaded, "test")
+    assert not loaded.context_basis.active

@@ -22,8 +22,9 @@ def test_hloc_layout(photo_dir, tmp_path):
         n = g["keypoints"].shape[0]
         assert 100 < n <= 4096
         assert g["keypoints"].shape == (n, 2) and g["keypoints"].dtype == np.float32
-        # The default conf's coarse-fine descriptor: 128-d fine part + 192-d effnet coarse context.
-        assert g["descriptors"].shape == (128 + 192, n) and g["descriptors"].dtype == np.float16
+        # The default conf's coarse-fine descriptor: 128-d fine part + the coarse context on the
+        # shipped file's 32-axis context basis.
+        assert g["descriptors"].shape == (128 + 32, n) and g["descriptors"].dtype == np.float16
         assert g["scores"].shape == (n,)
         assert g["image_size"][()].tolist() == [600, 400]  # (w, h) of the original coffee photo
         assert "uncertainty" in g["keypoints"].attrs

@@ -41,7 +41,8 @@ class HNDesc(BaseModel):
         # w and the whole normalised, so two descriptors' similarity is (fine.fine' +
         # w^2 ctx.ctx') / (1 + w^2): look-alike corners in unlike surroundings (a step of
         # another flight, a branch against the sky) score lower. Output D + C dims (128 + 192
-        # for effnet_std). None: off, the D-dim fine descriptor alone.
+        # for effnet_std), or D + K when the weights carry a context basis of K axes
+        # (`hndesc_loc.train.context_basis`). None: off, the D-dim fine descriptor alone.
         "context_weight": None,
     }
     required_inputs = ["image"]
@@ -155,7 +156,7 @@ def describe_keypoints(net, image: torch.Tensor, kpts: torch.Tensor, conf: dict,
         fine = describe_scale_pooled(net, image, kpts, conf["scale_pooling"], feats=feats)
         return fine, fine
     fine, context = describe_scale_pooled(net, image, kpts, conf["scale_pooling"], feats=feats, context=True)
-    return append_context(fine, context, w), fine
+    return append_context(fine, net.context_basis(context), w), fine
 
 
 def check_context_weight(weight) -> None:
@@ -164,8 +165,8 @@ def check_context_weight(weight) -> None:
 
 
 def append_context(desc: torch.Tensor, context: torch.Tensor, weight: float) -> torch.Tensor:
-    """Unit descriptors [B,D,N] and unit context features [B,C,N] -> unit coarse-fine
-    descriptors [B,D+C,N]: normalize([desc, weight * context])."""
+    """Unit descriptors [B,D,N] and context features [B,C,N] (unit, or their coordinates on the
+    weights' context basis) -> unit coarse-fine descriptors [B,D+C,N]: normalize([desc, weight * context])."""
     return F.normalize(torch.cat([desc, weight * context.to(desc.dtype)], 1), dim=1)
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import registry
+from .context_basis import ContextBasis
 from .detection import DetectionHead
 from .global_head import GlobalHead
 from .matchability import MatchabilityHead
@@ -24,6 +25,10 @@ SHIPPED_JOINT_WEIGHTS = {"lite": WEIGHTS_DIR / "hndesc_lite_joint.pt",
                          "caps": WEIGHTS_DIR / "hndesc_caps_joint.pt",
                          "effnet": WEIGHTS_DIR / "hndesc_effnet_joint.pt",
                          "effnet_std": WEIGHTS_DIR / "hndesc_effnet_std_joint.pt"}
+# Modules learned after training by the `hndesc_loc.train` tools of the same names: optional in a
+# weights file (inactive when absent), kept float32 in fp16 exports, reset when training resumes
+# on the network they were learned for.
+LEARNED_AFTER_TRAINING = ("whitening", "matchability", "context_basis")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -36,7 +41,9 @@ class HNDescNet(nn.Module):
     `whitening` (learned after training, `hndesc_loc.train.whitening`) is applied to every local
     descriptor when the weights carry one, and is the identity otherwise. `matchability`
     (learned after training, `hndesc_loc.train.matchability`) scores keypoints for
-    `HNDesc`'s keypoint selection; inactive in files without one."""
+    `HNDesc`'s keypoint selection; inactive in files without one. `context_basis` (learned after
+    training, `hndesc_loc.train.context_basis`) shortens the coarse context of coarse-fine
+    descriptors; the whole context in files without one."""
 
     def __init__(self, backbone: str = "lite"):
         super().__init__()
@@ -46,6 +53,7 @@ class HNDescNet(nn.Module):
         self.detection_head = DetectionHead(self.backbone.detection_inputs)
         self.whitening = DescriptorWhitening(self.backbone.descriptor_dim)
         self.matchability = MatchabilityHead(self.backbone.descriptor_dim, self.backbone.coarse_dim)
+        self.context_basis = ContextBasis(self.backbone.coarse_dim)
         self.has_trained_detector = False
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -134,10 +142,9 @@ def load_checkpoint(path: str | Path, backbone: str | None = None) -> HNDescNet:
     target = net if full else net.backbone
     result = target.load_state_dict(state, strict=False)
     # Descriptor-only checkpoints have no detection head: allowed, and recorded. Files without a
-    # learned whitening or matchability head (those the `hndesc_loc.train` tools of the same
-    # names did not write) leave them inactive.
+    # module of LEARNED_AFTER_TRAINING leave it inactive.
     missing = [k for k in result.missing_keys
-               if not k.startswith(("detection_head.", "whitening.", "matchability."))]
+               if not k.startswith(("detection_head.", *(f"{m}." for m in LEARNED_AFTER_TRAINING)))]
     net.has_trained_detector = full and not any(k.startswith("detection_head.") for k in result.missing_keys)
     if missing or result.unexpected_keys:
         raise ValueError(

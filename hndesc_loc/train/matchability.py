@@ -155,7 +155,8 @@ def cli(argv=None):
                    help="px at the extraction resolution within which a keypoint counts as a 3D point's observation")
     p.add_argument("--epochs", type=int, default=default_conf["epochs"], help="full-batch training steps of the head")
     p.add_argument("--seed", type=int, default=default_conf["seed"], help="seed of the head's initialisation")
-    p.add_argument("--num_threads", type=int, default=default_conf["num_threads"])
+    p.add_argument("--num_threads", type=int, default=default_conf["num_threads"],
+                   help="COLMAP threads (1, the default, reproduces the shipped head exactly)")
     a = p.parse_args(argv)
     main(a.weights, a.image_dirs, a.output, {"conf": a.conf, "candidates": a.candidates, "radius": a.radius,
                                             "epochs": a.epochs, "seed": a.seed, "num_threads": a.num_threads})

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .. import logger
 from ..models.hndesc import check_scale_pooling, describe_scale_pooled
-from ..models.network import HNDescNet
+from ..models.network import LEARNED_AFTER_TRAINING, HNDescNet
 from ..utils.base_model import merge_conf
 from . import ddp
 from .data import (PairDataset, StepBatches, check_shares, collate, collect_images, knn_batches, knn_graph,
@@ -237,9 +237,9 @@ class Trainer:
 
     def resume(self, path: Path):
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-        # Runs checkpointed before the network had a whitening or a matchability head resume with
-        # them inactive, as trained.
-        state = {**{f"{m}.{k}": v for m in ("whitening", "matchability")
+        # Runs checkpointed before the network had a module learned after training resume with it
+        # inactive, as trained.
+        state = {**{f"{m}.{k}": v for m in LEARNED_AFTER_TRAINING
                     for k, v in getattr(self.net, m).state_dict().items()}, **ckpt["model"]}
         self.net.load_state_dict(state)
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -496,9 +496,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def drop_learned_after_training(net: HNDescNet, source) -> None:
-    """Reset the learned whitening and matchability head `source`'s network carries, if any (both
-    were learned for the descriptor that training is about to change; new ones are learned
-    afterwards)."""
+    """Reset the learned whitening, matchability head and context basis `source`'s network
+    carries, if any (all were learned for the network that training is about to change; new ones
+    are learned afterwards)."""
     if bool(net.whitening.active):
         logger.info("%s carries a learned whitening: dropped, the descriptor is trained here; learn a new one "
                     "afterwards with `python -m hndesc_loc.train.whitening`.", source)
@@ -507,6 +507,10 @@ def drop_learned_after_training(net: HNDescNet, source) -> None:
         logger.info("%s carries a matchability head: dropped, the descriptor is trained here; learn a new one "
                     "afterwards with `python -m hndesc_loc.train.matchability`.", source)
         net.matchability.reset()
+    if net.context_basis.active:
+        logger.info("%s carries a context basis: dropped, the encoder is trained here; learn a new one "
+                    "afterwards with `python -m hndesc_loc.train.context_basis`.", source)
+        net.context_basis.reset()
 
 
 def export_weights(checkpoint: Path, output: Path, half: bool = False) -> dict:
@@ -521,10 +525,10 @@ def write_small_weights(ckpt: dict, output: Path, half: bool = False) -> dict:
     from ..models.network import without_untrained_heads
 
     model = without_untrained_heads(ckpt["model"], ckpt["config"])
-    # The whitening stays float32: it is a product of inverse square roots, fp16 would round it;
-    # the matchability head too (its input statistics are tiny, it is a few KB).
-    model = {k: v.half() if v.is_floating_point() and not k.startswith(("whitening.", "matchability.")) else v
-             for k, v in model.items()} if half else model
+    # The modules learned after training stay float32: the whitening is a product of inverse
+    # square roots, fp16 would round it; the others are a few KB.
+    model = {k: v.half() if v.is_floating_point() and not k.startswith(tuple(f"{m}." for m in LEARNED_AFTER_TRAINING))
+             else v for k, v in model.items()} if half else model
     small = {"model": model, "backbone": ckpt["backbone"], "config": ckpt["config"],
              "step": ckpt["step"], "val_ap": ckpt["best_val"]}
     save_atomically(small, output)
