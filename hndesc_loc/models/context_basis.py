@@ -31,8 +31,7 @@ class ContextBasis(nn.Module):
     def fit(self, contexts: torch.Tensor, dims: int) -> float:
         """Learn the axes from unit context features [M,C]; keep `dims` of them. Returns the share
         of the contexts' energy (sum of squared singular values) the kept axes hold."""
-        if not 1 <= dims <= self.axes.shape[0]:
-            raise ValueError(f"dims must be in [1, {self.axes.shape[0]}] (the coarse channels), got {dims}.")
+        self.check_dims(dims)
         if len(contexts) < dims:
             raise ValueError(f"{len(contexts)} context features cannot span {dims} axes: use more photos.")
         _, s, vh = torch.linalg.svd(contexts.double(), full_matrices=False)
@@ -40,6 +39,10 @@ class ContextBasis(nn.Module):
         self.axes[:len(vh)] = vh.to(self.axes.dtype)
         self.dims.fill_(dims)
         return float((s[:dims] ** 2).sum() / (s ** 2).sum())
+
+    def check_dims(self, dims: int) -> None:
+        if not 1 <= dims <= self.axes.shape[0]:
+            raise ValueError(f"dims must be in [1, {self.axes.shape[0]}] (the coarse channels), got {dims}.")
 
     def reset(self) -> None:
         self.axes.copy_(torch.eye(self.axes.shape[0]))

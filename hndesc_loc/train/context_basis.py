@@ -58,6 +58,7 @@ def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None 
                   "matchability_candidates": None, "context_weight": None}
     model = HNDesc(model_conf).eval()
     basis = model.net.context_basis
+    basis.check_dims(conf["dims"])  # before minutes of extraction
     basis.reset()  # the contexts are the encoder's own, whatever basis the file carried
     contexts = [image_contexts(model, Path(d) / name, extract["preprocessing"])
                 for d in image_dirs for name in tqdm(names[d], desc=f"contexts {Path(d).name}", unit="image")]
