@@ -22,7 +22,7 @@ from ..io import list_images
 from ..models.hndesc import HNDesc, describe_scale_pooled
 from ..utils.base_model import merge_conf
 from ..utils.cli import Parser, run as run_cli
-from .trainer import read_small_weights, save_atomically
+from .trainer import add_weights_tool_arguments, read_small_weights, save_atomically
 
 default_conf = {
     "conf": "hndesc",   # extractor conf whose detector, resolution and scale pooling are used
@@ -75,10 +75,7 @@ def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None 
 
 def cli(argv=None):
     p = Parser(description=__doc__)
-    p.add_argument("--weights", type=Path, required=True, help="trained weights file (an export of this project)")
-    p.add_argument("--image_dirs", type=Path, nargs="+", required=True,
-                   help="folders of training photos (never evaluation photos)")
-    p.add_argument("--output", type=Path, required=True, help="weights file to write (the input plus the basis)")
+    add_weights_tool_arguments(p, "the basis", "folders of training photos (never evaluation photos)")
     p.add_argument("--dims", type=int, default=default_conf["dims"],
                    help="principal axes kept, the context's length in the descriptor (default: %(default)s)")
     p.add_argument("--conf", default=default_conf["conf"],

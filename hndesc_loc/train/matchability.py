@@ -28,7 +28,7 @@ from ..models.matchability import fit_matchability
 from ..utils.base_model import merge_conf
 from ..utils.cli import Parser, run as run_cli
 from .sfm_pairs import reconstruct_sift
-from .trainer import read_small_weights, save_atomically
+from .trainer import add_weights_tool_arguments, read_small_weights, save_atomically
 
 default_conf = {
     "conf": "hndesc",      # extractor conf whose detector, resolution and descriptor pooling are used
@@ -143,10 +143,8 @@ def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None 
 
 def cli(argv=None):
     p = Parser(description=__doc__)
-    p.add_argument("--weights", type=Path, required=True, help="trained weights file (an export of this project)")
-    p.add_argument("--image_dirs", type=Path, nargs="+", required=True,
-                   help="folders of overlapping training photos, one scene each (never evaluation photos)")
-    p.add_argument("--output", type=Path, required=True, help="weights file to write (the input plus the head)")
+    add_weights_tool_arguments(p, "the head",
+                               "folders of overlapping training photos, one scene each (never evaluation photos)")
     p.add_argument("--conf", default=default_conf["conf"],
                    help="extractor conf (of the 'hndesc' model) whose detector, resolution and pooling are used")
     p.add_argument("--candidates", type=int, default=default_conf["candidates"],

@@ -544,6 +544,16 @@ def save_atomically(obj: dict, output: Path) -> None:
     tmp.replace(output)
 
 
+def add_weights_tool_arguments(parser, adds: str, image_dirs_help: str | None = None) -> None:
+    """The options every post-training tool (whitening, matchability, context basis) shares:
+    --weights in, --output out (the input plus what the tool `adds`), and --image_dirs when the
+    tool learns from folders of training photos."""
+    parser.add_argument("--weights", type=Path, required=True, help="trained weights file (an export of this project)")
+    if image_dirs_help is not None:
+        parser.add_argument("--image_dirs", type=Path, nargs="+", required=True, help=image_dirs_help)
+    parser.add_argument("--output", type=Path, required=True, help=f"weights file to write (the input plus {adds})")
+
+
 def read_small_weights(weights: Path) -> dict:
     """A weights file of this project (`write_small_weights`' format, or one the post-training
     tools wrote), else a one-line error that says how to make one."""

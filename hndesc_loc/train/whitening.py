@@ -22,7 +22,7 @@ from ..utils.base_model import merge_conf
 from ..utils.cli import Parser, run as run_cli
 from .__main__ import load_config
 from .data import PairDataset, collect_images, warp_inside
-from .trainer import default_conf, read_small_weights, save_atomically
+from .trainer import add_weights_tool_arguments, default_conf, read_small_weights, save_atomically
 
 BATCH = 8
 # Keypoints per 256 px crop in 'detector' mode: hndesc_joint's density (4096 per 640 px image).
@@ -109,10 +109,9 @@ def main(weights: Path, config: Path, output: Path, num_pairs: int = 400, seed: 
 
 def cli(argv=None):
     p = Parser(description=__doc__)
-    p.add_argument("--weights", type=Path, required=True, help="trained weights file (an export of this project)")
+    add_weights_tool_arguments(p, "the whitening")
     p.add_argument("--config", type=Path, required=True,
                    help="training config whose photos and synthetic changes make the pairs (the run's own)")
-    p.add_argument("--output", type=Path, required=True, help="weights file to write (the input plus the whitening)")
     p.add_argument("--num_pairs", type=int, default=400, help="synthetic image pairs to draw")
     p.add_argument("--seed", type=int, default=0, help="seed of the pairs")
     p.add_argument("--keypoints", choices=KEYPOINTS, default="sift",
