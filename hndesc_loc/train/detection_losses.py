@@ -3,7 +3,9 @@
 - repeatability: the score maps of the two views, warped into each other by the known
   homography, agree patch by patch (cosine similarity), and are peaky in every patch;
 - reliability: the head predicts where the (frozen) HNDesc descriptor is matchable, from the
-  descriptor's AP against in-pair and in-batch hard negatives: 1 - [AP R + kappa (1 - R)].
+  descriptor's AP against in-pair and in-batch hard negatives: 1 - [AP R + kappa (1 - R)];
+- distillation (`detection.teacher`): the repeatability map reproduces a pretrained detector's
+  score map on the same crops (`train.teacher`).
 """
 from __future__ import annotations
 
@@ -48,3 +50,12 @@ def reliability_loss(ap: torch.Tensor, reliability: torch.Tensor, kappa: float) 
     """R2D2's AP-weighted reliability: ap, reliability [N] -> scalar. The head learns R -> 1
     where the descriptor's AP beats kappa, R -> 0 elsewhere (ap carries no gradient)."""
     return (1 - (ap.detach() * reliability + kappa * (1 - reliability))).mean()
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, center: float, temperature: float) -> torch.Tensor:
+    """Binary cross-entropy of the student's logits [B,1,H,W] against the teacher's scores
+    squashed to probabilities sigmoid((teacher - center) / temperature) [B,1,H,W]: the student
+    reproduces the teacher's ranking where it matters, around the scores its keypoints have
+    (`center`); far below it every pixel is simply 'no keypoint'."""
+    target = torch.sigmoid((teacher.to(student.dtype) - center) / temperature)
+    return F.binary_cross_entropy_with_logits(student, target)

