@@ -356,3 +356,6 @@ def test_head_distilled_from_disk_learns_its_map(tmp_path):
         DetectorTrainer(small_detector_conf(tmp_path / "bad", teacher="sift"))
     with pytest.raises(ValueError, match="teacher_weight"):
         DetectorTrainer(small_detector_conf(tmp_path / "bad", teacher="disk", teacher_weight=0.0))
+    with pytest.raises(FileNotFoundError, match="nope.pth do not exist"):
+        DetectorTrainer(small_detector_conf(tmp_path / "bad", teacher="disk", teacher_weights=str(tmp_path / "nope.pth")))
+    assert not (tmp_path / "bad").exists()   # refused before the output folder is made

@@ -21,10 +21,11 @@ import torch
 from ..models.detection import detect_keypoints
 from ..models.network import HNDescNet, load_network
 from ..models.sampling import sample_features
+from ..utils.base_model import merge_conf
 from .detection_losses import cosim_loss, distillation_loss, peaky_loss, reliability_loss, warp_map
 from .losses import candidate_lists, descriptor_loss, exact_ap_single_positive, expected_match_reward
 from .data import warp_into_view1
-from .teacher import build_teacher
+from .teacher import build_teacher, check_teacher_conf
 from .trainer import Trainer, default_conf, drop_learned_after_training
 
 default_detector_conf = {
@@ -66,6 +67,11 @@ class DetectorTrainer(Trainer):
     default_conf = default_detector_conf
     val_name = "val_correct"   # correct (3 px) mutual matches per validation pair
 
+    def __init__(self, conf: dict):
+        # The teacher's keys before the base class creates the output folder: a bad conf leaves nothing.
+        check_teacher_conf(merge_conf(self.default_conf, conf, "train config")["detection"])
+        super().__init__(conf)
+
     def build_network(self) -> HNDescNet:
         try:
             net = load_network(self.conf["init_weights"], self.conf["backbone"])
@@ -85,11 +91,7 @@ class DetectorTrainer(Trainer):
         if not self.conf["detection"]["train_head"] and mode == "none":
             raise ValueError("detection.train_head=false with detection.descriptor.train=none trains nothing.")
         c = self.conf["detection"]
-        self.teacher = None   # built with the network: `forward` needs both, and its conf is checked here too
-        if c["teacher"] is not None:
-            if c["teacher_weight"] <= 0 or c["teacher_temperature"] <= 0:
-                raise ValueError("detection.teacher_weight and detection.teacher_temperature must be > 0.")
-            self.teacher = build_teacher(c["teacher"], c["teacher_weights"])
+        self.teacher = None if c["teacher"] is None else build_teacher(c["teacher"], c["teacher_weights"])
         if self.conf["detection"]["reliability_weight"] == 0:
             # Untrained reliability would multiply the scores by noise: make it constant 1.
             # The loss never reaches these outputs, so they stay fixed.

