@@ -144,9 +144,10 @@ def test_unknown_descriptor_training_mode_is_a_clear_error(tmp_path):
     from hndesc_loc.train.detector_trainer import DetectorTrainer
 
     with pytest.raises(ValueError, match="detection.descriptor.train='backbone'"):
-        DetectorTrainer(small_detector_conf(tmp_path, descriptor={"train": "backbone"}))
+        DetectorTrainer(small_detector_conf(tmp_path / "out", descriptor={"train": "backbone"}))
     with pytest.raises(ValueError, match="trains nothing"):
-        DetectorTrainer(small_detector_conf(tmp_path, train_head=False))
+        DetectorTrainer(small_detector_conf(tmp_path / "out", train_head=False))
+    assert not (tmp_path / "out").exists()   # refused before the output folder is made
 
 
 def test_repeatability_only_keeps_reliability_at_one(tmp_path):

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class MatchabilityHead(nn.Module):
     """Logit of matchability per keypoint; inactive (never used) until trained.
 

@@ -21,7 +21,6 @@ import torch
 from ..models.detection import detect_keypoints
 from ..models.network import HNDescNet, load_network
 from ..models.sampling import sample_features
-from ..utils.base_model import merge_conf
 from .detection_losses import cosim_loss, distillation_loss, peaky_loss, reliability_loss, warp_map
 from .losses import candidate_lists, descriptor_loss, exact_ap_single_positive, expected_match_reward
 from .data import warp_into_view1
@@ -67,10 +66,14 @@ class DetectorTrainer(Trainer):
     default_conf = default_detector_conf
     val_name = "val_correct"   # correct (3 px) mutual matches per validation pair
 
-    def __init__(self, conf: dict):
-        # The teacher's keys before the base class creates the output folder: a bad conf leaves nothing.
-        check_teacher_conf(merge_conf(self.default_conf, conf, "train config")["detection"])
-        super().__init__(conf)
+    def check_stage_conf(self, conf: dict) -> None:
+        c = conf["detection"]
+        mode = c["descriptor"]["train"]
+        if mode not in DESCRIPTOR_TRAIN_MODES:
+            raise ValueError(f"detection.descriptor.train='{mode}': use one of {DESCRIPTOR_TRAIN_MODES}.")
+        if not c["train_head"] and mode == "none":
+            raise ValueError("detection.train_head=false with detection.descriptor.train=none trains nothing.")
+        check_teacher_conf(c)
 
     def build_network(self) -> HNDescNet:
         try:
@@ -81,15 +84,11 @@ class DetectorTrainer(Trainer):
             p.requires_grad_(False)
         for p in net.detection_head.parameters():
             p.requires_grad_(self.conf["detection"]["train_head"])
-        mode = self.conf["detection"]["descriptor"]["train"]
-        if mode not in DESCRIPTOR_TRAIN_MODES:
-            raise ValueError(f"detection.descriptor.train='{mode}': use one of {DESCRIPTOR_TRAIN_MODES}.")
+        mode = self.conf["detection"]["descriptor"]["train"]   # checked by check_stage_conf
         if mode != "none":
             for p in (net.backbone.head if mode == "mlp" else net.backbone).parameters():
                 p.requires_grad_(True)
             drop_learned_after_training(net, self.conf["init_weights"])
-        if not self.conf["detection"]["train_head"] and mode == "none":
-            raise ValueError("detection.train_head=false with detection.descriptor.train=none trains nothing.")
         c = self.conf["detection"]
         self.teacher = None if c["teacher"] is None else build_teacher(c["teacher"], c["teacher_weights"])
         if self.conf["detection"]["reliability_weight"] == 0:

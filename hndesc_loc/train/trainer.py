@@ -152,6 +152,7 @@ class Trainer:
             raise ValueError("scale_pooling pools the descriptors of the descriptor stage; the detector stage "
                              "trains the detection head on one pass: leave scale_pooling at [1.0].")
         check_shares(conf["data"])   # before anything is written (the dataset checks again for other callers)
+        self.check_stage_conf(conf)
         if conf["data"]["sfm_pair_share"] > 0 and (conf["stage"] != "descriptor" or lc["reward_weight"]):
             raise ValueError("data.sfm_pair_share > 0 (real pairs, no homography between their views) trains the "
                              "descriptor stage with loss.reward_weight 0: both warp points through a homography.")
@@ -188,6 +189,9 @@ class Trainer:
         self.step, self.best_val = 0, -1.0
         self.rng = np.random.default_rng(conf["seed"])
         self.neighbours = None
+
+    def check_stage_conf(self, conf: dict) -> None:
+        """Checks of a stage's own keys (subclasses), run before anything is written: a bad conf leaves nothing."""
 
     def make_val_batches(self, dataset: PairDataset) -> list[dict]:
         """Fixed validation pairs (independent of the training seed): one appearance change per
