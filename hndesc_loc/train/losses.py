@@ -1,6 +1,6 @@
 """Listwise AP loss with in-pair / in-batch / random negative mining, the expected reward of
-mutual matches (DISK's reward, in closed form), a teacher's ranking of the candidates
-(distillation), and the global head's contrastive loss."""
+mutual matches (DISK's reward, in closed form), a teacher's ranking or similarities of the
+candidates (distillation), and the global head's contrastive loss."""
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,6 @@
 """Teachers: a pretrained detector-descriptor whose score map the detection head learns to
 reproduce on the training crops (detector stage, `detection.teacher`), and whose descriptor
-similarities the descriptor learns to rank as it does (descriptor stage, `loss.teacher`;
+similarities the descriptor learns (descriptor stage, `loss.teacher`;
 knowledge distillation, Hinton et al. 2015).
 
 Why: with identical descriptors, the keypoints of DISK (learned on MegaDepth's real
@@ -13,7 +13,8 @@ Why a descriptor teacher: on DISK's own keypoints, DISK's descriptor still gives
 matches on the real day-night pair than ours (fifteenth session); DISK learned its invariances
 from MegaDepth's real photos, which no session had. Its similarities between the points of a
 training crop say which of them it holds apart and which it finds alike; the descriptor learns
-that ranking across our appearance changes (`losses.teacher_ranking_loss`)."""
+that ranking, or those similarities, across our appearance changes (`losses.teacher_ranking_loss`,
+`losses.teacher_similarity_loss`)."""
 from __future__ import annotations
 
 from pathlib import Path

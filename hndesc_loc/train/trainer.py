@@ -193,7 +193,6 @@ class Trainer:
         if conf["stage"] == "descriptor":  # the detection head is trained by the detector stage, not here
             for prm in self.net.detection_head.parameters():
                 prm.requires_grad_(False)
-        if conf["stage"] == "descriptor":
             self.teacher = build_teacher(lc["teacher"], lc["teacher_weights"]).to(self.device) if lc["teacher"] else None
         self.step_module = ddp.wrap(self.net, self.device, conf["sync_batchnorm"], conf["scale_pooling"]) if (
             conf["stage"] == "descriptor") else None
