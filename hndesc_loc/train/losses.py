@@ -143,12 +143,11 @@ def teacher_ranking_loss(d0: torch.Tensor, d1: torch.Tensor, t0: torch.Tensor, v
     unit teacher descriptors of view 0; valid [B,K] (the partner lies in view 1).
     Returns the mean over valid points and both directions of KL(target || student) (scalar;
     0 when no pair has two valid points)."""
-    pair = valid[:, :, None] & valid[:, None, :]                          # [B,K,K]
     rows = valid & (valid.sum(-1, keepdim=True) > 1)
     if not rows.any():
         return d0.new_zeros(())
-    student = torch.einsum("bdk,bdl->bkl", d0, d1) / temperature
-    target = torch.einsum("bek,bel->bkl", t0, t0).to(student.dtype) / temperature
+    pair, student, target = _student_and_teacher_similarities(d0, d1, t0, valid)
+    student, target = student / temperature, target / temperature
     losses = []
     for s, t in ((student, target), (student.transpose(1, 2), target.transpose(1, 2))):
         logq = torch.log_softmax(s.masked_fill(~pair, float("-inf")), -1)
@@ -166,12 +165,18 @@ def teacher_similarity_loss(d0: torch.Tensor, d1: torch.Tensor, t0: torch.Tensor
     them up to a rotation, so the student learns the teacher's embedding of the points (without
     a projection to learn), and learns it across view 1's appearance change (the diagonal: 1).
     d0, d1 [B,D,K]; t0 [B,E,K]; valid [B,K] -> scalar (0 when no point has a partner)."""
-    pair = valid[:, :, None] & valid[:, None, :]
+    pair, student, target = _student_and_teacher_similarities(d0, d1, t0, valid)
     if not pair.any():
         return d0.new_zeros(())
-    student = torch.einsum("bdk,bdl->bkl", d0, d1)
-    target = torch.einsum("bek,bel->bkl", t0, t0).to(student.dtype)
     return (student - target).square()[pair].mean()
+
+
+def _student_and_teacher_similarities(d0, d1, t0, valid):
+    """The teacher losses' common part: (pairs of points with partners [B,K,K], the student's
+    cross-view similarities d0_i.d1_j [B,K,K], the teacher's view-0 similarities t0_i.t0_j [B,K,K])."""
+    student = torch.einsum("bdk,bdl->bkl", d0, d1)
+    return (valid[:, :, None] & valid[:, None, :], student,
+            torch.einsum("bek,bel->bkl", t0, t0).to(student.dtype))
 
 
 def expected_match_reward(d0: torch.Tensor, d1: torch.Tensor, kp0_in1: torch.Tensor, inside0: torch.Tensor,
