@@ -56,6 +56,13 @@ def test_a_robust_fit_that_opencv_aborts_counts_as_failed(monkeypatch):
     acc = real_pairs.wxbs_accuracy(None, np.concatenate([x0, x1], 1))
     assert acc.max() == 0
 
+    def fails_otherwise(*args, **kwargs):  # any other OpenCV error is a bug, not a failed draw
+        raise cv2.error("unsupported format")
+
+    monkeypatch.setattr(real_pairs.cv2, "findFundamentalMat", fails_otherwise)
+    with pytest.raises(cv2.error):
+        real_pairs.estimate_fundamental(x0, x1)
+
 
 @pytest.mark.parametrize("inlier_share", [1.0, 0.06])
 def test_evaluate_averages_the_robust_fit_over_seeds(inlier_share):
