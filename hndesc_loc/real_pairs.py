@@ -116,30 +116,27 @@ def magsac_draw_aborted(error: "cv2.error") -> bool:
     return "sample_size <= points_size" in str(error)
 
 
-def estimate_homography(mk0: np.ndarray, mk1: np.ndarray, seed: int = 0) -> np.ndarray | None:
-    if len(mk0) < 4:
+def robust_fit(fit, mk0: np.ndarray, mk1: np.ndarray, min_matches: int, threshold: float,
+               seed: int) -> np.ndarray | None:
+    """A 3x3 model from matches mk0, mk1 [N,2] by `fit` (cv2.findHomography or
+    cv2.findFundamentalMat) under MAGSAC, or None: too few matches, no model, or an aborted draw."""
+    if len(mk0) < min_matches:
         return None
     try:
-        H, _ = cv2.findHomography(mk0.astype(np.float64), mk1.astype(np.float64), magsac_params(3.0, seed))
+        M, _ = fit(mk0.astype(np.float64), mk1.astype(np.float64), magsac_params(threshold, seed))
     except cv2.error as e:
         if not magsac_draw_aborted(e):
             raise
         return None
-    return H if H is not None and H.shape == (3, 3) else None
+    return M if M is not None and M.shape == (3, 3) else None
+
+
+def estimate_homography(mk0: np.ndarray, mk1: np.ndarray, seed: int = 0) -> np.ndarray | None:
+    return robust_fit(cv2.findHomography, mk0, mk1, 4, 3.0, seed)
 
 
 def estimate_fundamental(mk0: np.ndarray, mk1: np.ndarray, seed: int = 0) -> np.ndarray | None:
-    if len(mk0) < 8:
-        return None
-    try:
-        F, _ = cv2.findFundamentalMat(mk0.astype(np.float64), mk1.astype(np.float64), magsac_params(0.25, seed))
-    except cv2.error as e:
-        if not magsac_draw_aborted(e):
-            raise
-        return None
-    if F is None or F.shape != (3, 3):
-        return None
-    return F
+    return robust_fit(cv2.findFundamentalMat, mk0, mk1, 8, 0.25, seed)
 
 
 def symmetric_epipolar_distance(F: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:

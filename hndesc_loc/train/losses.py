@@ -171,7 +171,8 @@ def teacher_similarity_loss(d0: torch.Tensor, d1: torch.Tensor, t0: torch.Tensor
     return (student - target).square()[pair].mean()
 
 
-def _student_and_teacher_similarities(d0, d1, t0, valid):
+def _student_and_teacher_similarities(d0: torch.Tensor, d1: torch.Tensor, t0: torch.Tensor, valid: torch.Tensor
+                                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The teacher losses' common part: (pairs of points with partners [B,K,K], the student's
     cross-view similarities d0_i.d1_j [B,K,K], the teacher's view-0 similarities t0_i.t0_j [B,K,K])."""
     student = torch.einsum("bdk,bdl->bkl", d0, d1)
