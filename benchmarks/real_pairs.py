@@ -5,10 +5,13 @@ EVD homography mAA (1..20 px) and WxBS-validation mAA@10px (fundamental matrix),
     python benchmarks/real_pairs.py [--outputs outputs/bench_real_pairs] [--weights W.pt ...]
                                     [--joint_weights J.pt ...] [--only_weights] [--methods hndesc sift ...]
                                     [--variant "hndesc preprocessing.resize_max=640" ...] [--ransac_seeds 10]
+                                    [--match_figures]
 
 Each robust fit (MAGSAC) is repeated with --ransac_seeds seeds on the same matches and the mAAs
 are means over them (+- their standard deviation): with two WxBS pairs one RANSAC draw can
-otherwise swing the figure. Prints a table, writes `real_pairs.json` (per pair and summary) and `real_pairs.png`.
+otherwise swing the figure. Prints a table, writes `real_pairs.json` (per pair and summary) and `real_pairs.png`;
+with --match_figures also `matches/<method>__<pair>.png` per method and WxBS pair: the mutual matches, green
+where they lie within 5 px of the annotated epipolar geometry, red elsewhere.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import variant_confs  # noqa: E402
-from hndesc_loc import extract_features, real_pairs  # noqa: E402
+from hndesc_loc import extract_features, real_pairs, viz  # noqa: E402
+from hndesc_loc.io import read_image  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "real_pairs"
 
@@ -92,13 +96,25 @@ def point_describer(model, conf: dict):
 SIFT_POINT_SIZE = 16.0  # px at the extraction resolution: a mid-range DoG scale
 
 
-def evaluate_method(conf: dict, evd: list[dict], wxbs: list[dict], seeds: list[int]) -> dict:
+def match_figure_writer(folder: Path, method: str):
+    """on_wxbs_matches callback of `real_pairs.evaluate`: one PNG per WxBS pair in `folder`."""
+    def write(pair: dict, mk0: np.ndarray, mk1: np.ndarray, right: np.ndarray) -> None:
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in method)
+        viz.plot_matches(read_image(pair["image0"]), read_image(pair["image1"]), mk0, mk1,
+                         folder / f"{safe}__{pair['name']}.png", inliers=right, max_lines=len(mk0),
+                         title=f"{method}, {pair['name']}: {int(right.sum())} right (green) of {len(mk0)} mutual matches")
+    return write
+
+
+def evaluate_method(conf: dict, evd: list[dict], wxbs: list[dict], seeds: list[int],
+                    figures: Path | None = None, name: str = "") -> dict:
+    """Both protocols for one extractor conf; figures: folder for the WxBS match figures (None: none)."""
     model = extract_features.build_model(conf)
     pre = conf.get("preprocessing", {})
     t0 = time.perf_counter()
     out = real_pairs.evaluate(
         lambda path: extract_features.extract_one(model, path.parent, path.name, pre, as_half=False)["data"], evd, wxbs,
-        seeds=seeds)
+        seeds=seeds, on_wxbs_matches=match_figure_writer(figures, name) if figures is not None else None)
     out["seconds"] = time.perf_counter() - t0
     describe = point_describer(model, conf)
     out["annotated"] = real_pairs.annotated_point_retrieval(describe, wxbs) if describe else None
@@ -142,6 +158,9 @@ def main(argv=None):
     parser.add_argument("--only_weights", action="store_true", help="evaluate only --weights/--joint_weights/--variant")
     parser.add_argument("--ransac_seeds", type=int, default=10,
                         help="MAGSAC runs (seeds 0..N-1) per pair on the same matches; mAAs are their mean (default: %(default)s)")
+    parser.add_argument("--match_figures", action="store_true",
+                        help="also draw each method's mutual matches on each WxBS pair (right green, wrong red) "
+                             "into OUTPUTS/matches/")
     args = parser.parse_args(argv)
     if args.ransac_seeds < 1:
         raise SystemExit("--ransac_seeds must be at least 1.")
@@ -158,9 +177,12 @@ def main(argv=None):
             print(f"DISK skipped: {e}")
             names.remove("disk")
     confs = method_confs(names, args.weights, args.joint_weights, args.variant)
+    figures = args.outputs / "matches" if args.match_figures else None
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
     results = {}
     for name, conf in tqdm(confs.items(), desc="methods", unit="method"):
-        results[name] = evaluate_method(conf, evd, wxbs, list(range(args.ransac_seeds)))
+        results[name] = evaluate_method(conf, evd, wxbs, list(range(args.ransac_seeds)), figures, name)
     args.outputs.mkdir(parents=True, exist_ok=True)
     (args.outputs / "real_pairs.json").write_text(json.dumps(results, indent=1))
     plot(results, args.outputs / "real_pairs.png")

@@ -258,7 +258,8 @@ def nn_hub_skew(desc0: np.ndarray, desc1: np.ndarray) -> float:
 
 
 def evaluate(features: Callable[[Path], dict], evd: list[dict], wxbs: list[dict],
-             seeds: Sequence[int] = (0,), progress: bool = True) -> dict:
+             seeds: Sequence[int] = (0,), progress: bool = True,
+             on_wxbs_matches: Callable[[dict, np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> dict:
     """Both protocols for a feature function `features(image_path) -> {'keypoints' [N,2] in
     original-image pixels, 'descriptors' [D,N], 'image_size' (w,h)}` (each image computed once).
 
@@ -266,7 +267,9 @@ def evaluate(features: Callable[[Path], dict], evd: list[dict], wxbs: list[dict]
     inlier ratios of hard pairs one RANSAC draw decides pass or fail, so a single seed makes the
     two-pair WxBS figure a lottery. Per pair, 'maa' / 'accuracy' are means over the seeds and
     'error' (EVD) the median; 'evd_maa' / 'wxbs_maa' are means over the seeds of the per-seed
-    figures and '*_maa_std' their standard deviation (the estimator's share of the noise)."""
+    figures and '*_maa_std' their standard deviation (the estimator's share of the noise).
+    on_wxbs_matches(pair, mk0 [M,2], mk1 [M,2], right [M] bool): called with each WxBS pair's mutual
+    matches and which of them lie within PRECISION_PX of the annotated epipolar geometry (figures)."""
     seeds = list(seeds)
     if not seeds:
         raise ValueError("evaluate needs at least one MAGSAC seed.")
@@ -290,6 +293,8 @@ def evaluate(features: Callable[[Path], dict], evd: list[dict], wxbs: list[dict]
                             for seed in seeds])                        # [S, T]
             epi = symmetric_epipolar_distance(gt_fundamental(p["corrs"]), mk0, mk1)
             prec, good = match_precision(epi)
+            if on_wxbs_matches is not None:
+                on_wxbs_matches(p, mk0, mk1, epi <= PRECISION_PX)
             out["wxbs"][p["name"]] = {"accuracy": acc.mean(0).tolist(), "maa": float(acc.mean()),
                                       "maa_per_seed": acc.mean(1).tolist(), "matches": len(mk0),
                                       "precision": prec, "correct": good, "confident_right": confident_right(epi, scores),

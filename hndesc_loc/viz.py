@@ -35,9 +35,11 @@ def plot_matches(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.nd
     idx = np.arange(len(kp0))
     if len(idx) > max_lines:
         idx = np.random.default_rng(seed).choice(idx, max_lines, replace=False)
+    idx = idx[np.argsort(inliers[idx], kind="stable")]  # inliers drawn last: outliers would hide them
     for i in idx:
-        c = "lime" if inliers[i] else "red"
-        ax.plot([kp0[i, 0], kp1[i, 0] + off], [kp0[i, 1], kp1[i, 1]], color=c, lw=0.6, alpha=0.8)
+        good = inliers[i]
+        ax.plot([kp0[i, 0], kp1[i, 0] + off], [kp0[i, 1], kp1[i, 1]], color="lime" if good else "red",
+                lw=0.8 if good else 0.4, alpha=0.9 if good else 0.5)
     ax.scatter(kp0[idx, 0], kp0[idx, 1], s=3, c=np.where(inliers[idx], "lime", "red"))
     ax.scatter(kp1[idx, 0] + off, kp1[idx, 1], s=3, c=np.where(inliers[idx], "lime", "red"))
     ax.set_title(title or f"{int(inliers.sum())} inliers / {len(kp0)} matches", fontsize=10)

@@ -10,7 +10,8 @@ import torch
 from hndesc_loc.models.hndesc import HNDesc
 from hndesc_loc.models.matchability import MatchabilityHead, fit_matchability, select_matchable
 from hndesc_loc.models.network import load_checkpoint
-from hndesc_loc.train.matchability import auc, matched_labels, observations_at
+from hndesc_loc.train.matchability import (auc, day_night_trials, matched_labels, night_survival, observations_at,
+                                           point_ids)
 
 LITE = Path(__file__).resolve().parent.parent / "hndesc_loc" / "weights" / "hndesc_lite.pt"
 
@@ -21,6 +22,38 @@ def test_labels_are_keypoints_near_an_observation_of_a_3d_point():
     np.testing.assert_array_equal(matched_labels(kp, obs, 3.0), [True, False, False])
     np.testing.assert_array_equal(matched_labels(kp, obs, 3.6), [True, False, True])
     assert not matched_labels(kp, np.zeros((0, 2)), 3.0).any()
+
+
+def test_keypoints_take_the_id_of_the_nearest_observation_within_the_radius():
+    kp = np.array([[0.0, 0.0], [10.0, 10.0], [5.0, 0.0]])
+    obs = np.array([[2.0, 0.0], [6.0, 0.0], [30.0, 30.0]])
+    np.testing.assert_array_equal(point_ids(kp, obs, np.array([7, 8, 9]), 3.0), [7, -1, 8])
+    np.testing.assert_array_equal(point_ids(kp, np.zeros((0, 2)), np.zeros(0, int), 3.0), [-1, -1, -1])
+
+
+def _unit(*rows):
+    d = torch.tensor(rows, dtype=torch.float32)
+    return torch.nn.functional.normalize(d, dim=1).T  # [D,N]
+
+
+def test_a_day_keypoint_passes_when_its_mutual_neighbour_at_night_sees_the_same_3d_point():
+    # Night photo: points of 3D points 6, 5, 9. Day: 5 (finds 5, mutual), 6 (nearest to 5's keypoint,
+    # which prefers the day keypoint of 5: not mutual), -1 (unmatched), 7 (not seen at night).
+    night = _unit([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0])
+    day = _unit([0, 1, 0, 0], [0.2, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0])
+    ids_day, ids_night = np.array([5, 6, -1, 7]), np.array([6, 5, 9])
+    tried, passed = day_night_trials(day, ids_day, night, ids_night)
+    np.testing.assert_array_equal(tried, [True, True, False, False])
+    np.testing.assert_array_equal(passed, [True, False, False, False])
+    # A mutual match to a keypoint of another 3D point fails.
+    tried, passed = day_night_trials(day, ids_day, night, np.array([6, 4, 9]))
+    np.testing.assert_array_equal(passed, [False, False, False, False])
+    # Over photos and renderings: the share of trials passed, NaN where never tried.
+    other_day = _unit([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0])
+    shares = night_survival([day, other_day], [[day, day], [night, _unit([0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0])]],
+                            [ids_day, ids_night])
+    np.testing.assert_allclose(shares[0], [0.5, 0.0, np.nan, np.nan])
+    assert shares[1].shape == (3,) and np.isnan(shares[1][2])
 
 
 def test_observations_move_to_the_resized_image_in_the_pixel_centre_convention():
@@ -117,10 +150,16 @@ def test_tool_learns_a_head_from_an_sfm_model_of_real_photos(shared_data, tmp_pa
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(LITE, [tmp_path / "absent"], tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="night_survival in"):
+        main(LITE, [shared_data / "sacre_coeur"], tmp_path / "x.pt", {"night_renders": 2, "night_survival": 0.0})
     record = main(LITE, [shared_data / "sacre_coeur"], tmp_path / "m.pt",
-                  {"candidates": 1024, "epochs": 60})
-    assert record["folders"][str(shared_data / "sacre_coeur")]["registered"] == 10
+                  {"candidates": 1024, "epochs": 60, "night_renders": 1})
+    folder = record["folders"][str(shared_data / "sacre_coeur")]
+    assert folder["registered"] == 10
     assert 0.02 < record["matched"] / record["examples"] < 0.6
+    # Day-night labels keep a part of the SfM positives, the ones the descriptor carries to night.
+    assert record["matched"] == folder["matched_day_night"]
+    assert 0.05 * folder["matched"] < folder["matched_day_night"] < folder["matched"]
     # Every fourth photo held out of one fit: the head ranks their matched keypoints first.
     assert record["held_out_auc"] > 0.75
     net = load_checkpoint(tmp_path / "m.pt", "lite")

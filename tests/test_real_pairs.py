@@ -93,6 +93,21 @@ def test_evaluate_averages_the_robust_fit_over_seeds(inlier_share):
         real_pairs.evaluate(lambda k: feats[k], [], [pair], seeds=[], progress=False)
 
 
+def test_evaluate_hands_each_wxbs_pair_its_matches_and_which_are_right():
+    x0, x1 = two_view_points(700)
+    corrs = np.concatenate([x0[600:], x1[600:]], 1)
+    k1 = np.concatenate([x1[:50], np.random.default_rng(1).uniform(0, 640, (550, 2))])  # 50 right, then random
+    descs = np.eye(600, dtype=np.float32)
+    feats = {"a": {"keypoints": x0[:600], "descriptors": descs, "image_size": (640, 480)},
+             "b": {"keypoints": k1, "descriptors": descs, "image_size": (640, 480)}}
+    seen = []
+    out = real_pairs.evaluate(lambda k: feats[k], [], [{"name": "p", "image0": "a", "image1": "b", "corrs": corrs}],
+                              progress=False, on_wxbs_matches=lambda pair, m0, m1, right: seen.append((pair["name"], m0, m1, right)))
+    (name, m0, m1, right), = seen
+    assert name == "p" and len(m0) == len(m1) == len(right) == 600
+    assert right[:50].all() and right.sum() == out["wxbs"]["p"]["correct"] < 80  # a random point seldom lies on its line
+
+
 def test_layouts_are_checked(tmp_path):
     with pytest.raises(ValueError, match="no EVD pair"):
         real_pairs.list_evd(tmp_path)

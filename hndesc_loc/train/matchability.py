@@ -10,6 +10,14 @@ resolution) that lie within `--radius` px of an observation of a 3D point are th
 the others the unmatched ones (Hartmann, Havlena, Schindler, "Predicting Matchability", CVPR
 2014, label SIFT keypoints the same way). Features: the conf's descriptor (scale pooling included)
 and the encoder's coarse features at the keypoint. No annotation and no held-out photo is seen.
+
+With `--night_renders R` a matched keypoint stays a positive only if our descriptor carries it
+across day and night: each photo is rendered R times at night (the training night models of
+`train.synthesis`, never the held-out families), and for every other photo of the folder that sees
+the keypoint's 3D point, its day descriptor's mutual nearest neighbour among that photo's night
+keypoints must be a keypoint of the same 3D point, in at least `--night_survival` of the trials.
+Why: SfM of day photos says where a photo is matchable by day to SIFT; a day-night pair needs the
+points whose descriptor also holds across a real viewpoint change at night.
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ from ..models.matchability import fit_matchability
 from ..utils.base_model import merge_conf
 from ..utils.cli import Parser, run as run_cli
 from .sfm_pairs import reconstruct_sift
+from .synthesis import lift_night, relight_night, render_night
 from .trainer import add_weights_tool_arguments, read_small_weights, save_atomically
 
 default_conf = {
@@ -37,15 +46,27 @@ default_conf = {
     "epochs": 300,         # full-batch Adam steps of the head
     "seed": 0,
     "num_threads": 1,      # COLMAP threads; 1 reproduces exactly
+    "night_renders": 0,    # night renderings per photo for day-night labels (0: SfM labels alone)
+    "night_survival": 0.5,  # share of day-to-night trials a positive must pass (with night_renders > 0)
 }
 
 
 def matched_labels(keypoints: np.ndarray, observations: np.ndarray, radius: float) -> np.ndarray:
     """keypoints [N,2], observations [M,2] (same pixels) -> [N] bool: within `radius` of one."""
+    return point_ids(keypoints, observations, np.arange(len(observations)), radius) >= 0
+
+
+def point_ids(keypoints: np.ndarray, observations: np.ndarray, ids: np.ndarray, radius: float) -> np.ndarray:
+    """keypoints [N,2], observations [M,2] of 3D points ids [M] -> [N] int64: the id of the nearest
+    observation within `radius`, -1 where none is."""
+    out = np.full(len(keypoints), -1, np.int64)
     if len(keypoints) == 0 or len(observations) == 0:
-        return np.zeros(len(keypoints), bool)
+        return out
     d = torch.cdist(torch.from_numpy(keypoints).double(), torch.from_numpy(observations).double())
-    return (d.min(1).values <= radius).numpy()
+    dist, nearest = d.min(1)
+    near = (dist <= radius).numpy()
+    out[near] = np.asarray(ids, np.int64)[nearest.numpy()[near]]
+    return out
 
 
 def observations_at(image: "pycolmap.Image", scale: np.ndarray) -> np.ndarray:  # noqa: F821
@@ -55,18 +76,78 @@ def observations_at(image: "pycolmap.Image", scale: np.ndarray) -> np.ndarray:  
     return xy * scale[None] - 0.5
 
 
+def observed_point_ids(image: "pycolmap.Image") -> np.ndarray:  # noqa: F821
+    """3D point ids [M] of the image's observations, in the order of `observations_at`."""
+    return np.array([p.point3D_id for p in image.points2D if p.has_point3D()], np.int64)
+
+
+def draw_night(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """One night rendering of img [H,W,3] in [0,1] by a training night model, drawn in turn:
+    a dark exposure lifted by the camera (`render_night` + `lift_night`) or floodlight relighting
+    with the sky darkened half the time (`relight_night`)."""
+    if rng.random() < 0.5:
+        return lift_night(rng, render_night(rng, img))
+    return relight_night(rng, img, dark_sky_prob=0.5)
+
+
+def day_night_trials(day: torch.Tensor, ids_day: np.ndarray, night: torch.Tensor,
+                     ids_night: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Descriptors day [D,N] of one photo's keypoints (3D point ids [N], -1: none) against night
+    [D,M] of another photo's keypoints (ids [M]) -> (tried [N] bool, passed [N] bool): a keypoint
+    is tried when its 3D point has a keypoint in the other photo, and passes when its mutual
+    nearest neighbour there is a keypoint of the same 3D point."""
+    tried = (ids_day >= 0) & np.isin(ids_day, ids_night[ids_night >= 0])
+    passed = np.zeros(len(ids_day), bool)
+    rows = np.flatnonzero(tried)
+    if len(rows):
+        day, night = day.float(), night.float()
+        nn = (day[:, rows].T @ night).argmax(1)
+        back = (night[:, nn].T @ day).argmax(1).numpy()
+        nn = nn.numpy()
+        passed[rows] = (back == rows) & (ids_night[nn] == ids_day[rows])
+    return tried, passed
+
+
+def night_survival(day: list[torch.Tensor], nights: list[list[torch.Tensor]], ids: list[np.ndarray]) -> list[np.ndarray]:
+    """Per photo a of one scene: day descriptors day[a] [D,N_a], those of its night renderings
+    nights[a][r] [D,N_a] and the keypoints' 3D point ids ids[a] [N_a] -> [N_a] share of the trials
+    (every other photo b, every rendering of b; `day_night_trials`) passed, NaN where never tried."""
+    out = []
+    for a in range(len(day)):
+        tried, passed = np.zeros(len(ids[a])), np.zeros(len(ids[a]))
+        for b in range(len(day)):
+            if b == a:
+                continue
+            for night in nights[b]:
+                t, p = day_night_trials(day[a], ids[a], night, ids[b])
+                tried += t
+                passed += p
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(np.where(tried > 0, passed / np.maximum(tried, 1), np.nan))
+    return out
+
+
 @torch.no_grad()
 def image_examples(model: HNDesc, path: Path, preprocessing: dict, image: "pycolmap.Image",  # noqa: F821
-                   radius: float) -> tuple[torch.Tensor, np.ndarray]:
-    """Head inputs [N,D+C] and labels [N] of the candidate keypoints of one registered image."""
+                   radius: float, night_renders: int = 0, rng: np.random.Generator | None = None) -> dict:
+    """The candidate keypoints of one registered image: {'features': head inputs [N,D+C], 'ids':
+    their 3D point ids [N] (-1: unmatched)}, and with night_renders > 0 the conf's descriptors of
+    the photo ('day' [D',N]) and of its night renderings ('nights', R x [D',N])."""
     data = load_image(path, preprocessing)
     tensor = data["image"][None]
     scale = np.array(tensor.shape[-2:][::-1], np.float64) / data["original_size"]
     kpts = model.detector({"image": tensor})["keypoints"]
     feats = model.net(tensor)
     desc = describe_scale_pooled(model.net, tensor, kpts, model.conf["scale_pooling"], feats=feats)
-    features = model.net.matchability_inputs(feats, desc, kpts)[0]
-    return features, matched_labels(kpts[0].numpy(), observations_at(image, scale), radius)
+    out = {"features": model.net.matchability_inputs(feats, desc, kpts)[0],
+           "ids": point_ids(kpts[0].numpy(), observations_at(image, scale), observed_point_ids(image), radius)}
+    if night_renders > 0:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        out["day"] = model.describe(tensor, kpts, feats)[0].half()
+        img = tensor[0].permute(1, 2, 0).numpy()
+        out["nights"] = [model.describe(torch.from_numpy(np.ascontiguousarray(draw_night(rng, img)))
+                                        .permute(2, 0, 1)[None].float(), kpts)[0].half() for _ in range(night_renders)]
+    return out
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -84,6 +165,8 @@ def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None 
     conf = merge_conf(default_conf, conf or {}, "matchability conf")
     if conf["candidates"] < 1 or conf["radius"] <= 0 or conf["epochs"] < 1:
         raise ValueError("candidates and epochs must be >= 1 and radius > 0.")
+    if conf["night_renders"] < 0 or not 0 < conf["night_survival"] <= 1:
+        raise ValueError("night_renders must be >= 0 and night_survival in (0, 1].")
     if conf["conf"] not in extract_confs or extract_confs[conf["conf"]]["model"]["name"] != "hndesc":
         raise ValueError(f"--conf {conf['conf']!r} is not an extractor conf of the 'hndesc' model.")
     ckpt = read_small_weights(weights)
@@ -96,6 +179,7 @@ def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None 
                   "detector": {**extract["model"]["detector"], "max_keypoints": conf["candidates"]}}
     model = HNDesc(model_conf).eval()
     features, labels, folds, per_dir = [], [], [], {}
+    rng = np.random.default_rng(conf["seed"])
     for d in image_dirs:
         with tempfile.TemporaryDirectory() as work:
             logger.info("Reconstructing %s with COLMAP's SIFT pipeline.", d)
@@ -107,15 +191,22 @@ def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None 
         if left_out:
             logger.warning("%d image(s) of %s are not in the COLMAP model (unreadable, or sharing too little with "
                            "the others) and give no examples: %s", len(left_out), d, ", ".join(left_out[:10]))
-        folder = []
-        for im in tqdm(images, desc=f"matchability examples {Path(d).name}", unit="image"):
-            f, y = image_examples(model, Path(d) / im.name, extract["preprocessing"], im, conf["radius"])
-            features.append(f)
-            folder.append(y)
-            folds.append(len(folds) % 4)
-        labels += folder
+        examples = [image_examples(model, Path(d) / im.name, extract["preprocessing"], im, conf["radius"],
+                                   conf["night_renders"], rng)
+                    for im in tqdm(images, desc=f"matchability examples {Path(d).name}", unit="image")]
+        folder = [e["ids"] >= 0 for e in examples]
         per_dir[str(d)] = {"registered": len(images), "keypoints": int(sum(len(y) for y in folder)),
                            "matched": int(sum(y.sum() for y in folder))}
+        if conf["night_renders"] > 0:
+            survival = night_survival([e["day"] for e in examples], [e["nights"] for e in examples],
+                                      [e["ids"] for e in examples])
+            # Never tried (its 3D point has no keypoint in another photo): the SfM label stands.
+            folder = [y & ~(s < conf["night_survival"]) for y, s in zip(folder, survival)]
+            per_dir[str(d)]["matched_day_night"] = int(sum(y.sum() for y in folder))
+        for e, y in zip(examples, folder):
+            features.append(e["features"])
+            labels.append(y)
+            folds.append(len(folds) % 4)
     head = model.net.matchability
     pooling = model.conf["scale_pooling"]
     # Held-out estimate first: every fourth registered image left out of one fit.
@@ -155,9 +246,15 @@ def cli(argv=None):
     p.add_argument("--seed", type=int, default=default_conf["seed"], help="seed of the head's initialisation")
     p.add_argument("--num_threads", type=int, default=default_conf["num_threads"],
                    help="COLMAP threads (1, the default, reproduces the shipped head exactly)")
+    p.add_argument("--night_renders", type=int, default=default_conf["night_renders"],
+                   help="night renderings per photo; > 0 keeps as positives only the matched keypoints our descriptor "
+                        "carries from day to night across the folder's photos (0, the default: SfM labels alone)")
+    p.add_argument("--night_survival", type=float, default=default_conf["night_survival"],
+                   help="share of the day-to-night trials a positive must pass (used with --night_renders)")
     a = p.parse_args(argv)
     main(a.weights, a.image_dirs, a.output, {"conf": a.conf, "candidates": a.candidates, "radius": a.radius,
-                                            "epochs": a.epochs, "seed": a.seed, "num_threads": a.num_threads})
+                                            "epochs": a.epochs, "seed": a.seed, "num_threads": a.num_threads,
+                                            "night_renders": a.night_renders, "night_survival": a.night_survival})
 
 
 if __name__ == "__main__":
