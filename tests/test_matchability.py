@@ -10,8 +10,7 @@ import torch
 from hndesc_loc.models.hndesc import HNDesc
 from hndesc_loc.models.matchability import MatchabilityHead, fit_matchability, select_matchable
 from hndesc_loc.models.network import load_checkpoint
-from hndesc_loc.train.matchability import (auc, day_night_trials, matched_labels, night_survival, observations_at,
-                                           point_ids)
+from hndesc_loc.train.matchability import auc, day_night_trials, night_survival, observations_at, point_ids
 
 LITE = Path(__file__).resolve().parent.parent / "hndesc_loc" / "weights" / "hndesc_lite.pt"
 
@@ -19,9 +18,12 @@ LITE = Path(__file__).resolve().parent.parent / "hndesc_loc" / "weights" / "hnde
 def test_labels_are_keypoints_near_an_observation_of_a_3d_point():
     kp = np.array([[0.0, 0.0], [10.0, 10.0], [20.0, 20.0]])
     obs = np.array([[2.0, 0.0], [20.0, 23.5]])
-    np.testing.assert_array_equal(matched_labels(kp, obs, 3.0), [True, False, False])
-    np.testing.assert_array_equal(matched_labels(kp, obs, 3.6), [True, False, True])
-    assert not matched_labels(kp, np.zeros((0, 2)), 3.0).any()
+    def matched(kp, obs, radius):
+        return point_ids(kp, obs, np.arange(len(obs)), radius) >= 0
+
+    np.testing.assert_array_equal(matched(kp, obs, 3.0), [True, False, False])
+    np.testing.assert_array_equal(matched(kp, obs, 3.6), [True, False, True])
+    assert not matched(kp, np.zeros((0, 2)), 3.0).any()
 
 
 def test_keypoints_take_the_id_of_the_nearest_observation_within_the_radius():

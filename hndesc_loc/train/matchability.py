@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .. import logger
 from ..extract_features import confs as extract_confs, load_image
 from ..io import list_images
-from ..models.hndesc import HNDesc, describe_scale_pooled
+from ..models.hndesc import HNDesc, describe_keypoints
 from ..models.matchability import fit_matchability
 from ..utils.base_model import merge_conf
 from ..utils.cli import Parser, run as run_cli
@@ -49,11 +49,6 @@ default_conf = {
     "night_renders": 0,    # night renderings per photo for day-night labels (0: SfM labels alone)
     "night_survival": 0.5,  # share of day-to-night trials a positive must pass (with night_renders > 0)
 }
-
-
-def matched_labels(keypoints: np.ndarray, observations: np.ndarray, radius: float) -> np.ndarray:
-    """keypoints [N,2], observations [M,2] (same pixels) -> [N] bool: within `radius` of one."""
-    return point_ids(keypoints, observations, np.arange(len(observations)), radius) >= 0
 
 
 def point_ids(keypoints: np.ndarray, observations: np.ndarray, ids: np.ndarray, radius: float) -> np.ndarray:
@@ -138,12 +133,13 @@ def image_examples(model: HNDesc, path: Path, preprocessing: dict, image: "pycol
     scale = np.array(tensor.shape[-2:][::-1], np.float64) / data["original_size"]
     kpts = model.detector({"image": tensor})["keypoints"]
     feats = model.net(tensor)
-    desc = describe_scale_pooled(model.net, tensor, kpts, model.conf["scale_pooling"], feats=feats)
-    out = {"features": model.net.matchability_inputs(feats, desc, kpts)[0],
+    # One description serves both: the head reads the fine part, the night labels the conf's whole descriptor.
+    desc, fine = describe_keypoints(model.net, tensor, kpts, model.conf, feats)
+    out = {"features": model.net.matchability_inputs(feats, fine, kpts)[0],
            "ids": point_ids(kpts[0].numpy(), observations_at(image, scale), observed_point_ids(image), radius)}
     if night_renders > 0:
         rng = rng if rng is not None else np.random.default_rng(0)
-        out["day"] = model.describe(tensor, kpts, feats)[0].half()
+        out["day"] = desc[0].half()
         img = tensor[0].permute(1, 2, 0).numpy()
         out["nights"] = [model.describe(torch.from_numpy(np.ascontiguousarray(draw_night(rng, img)))
                                         .permute(2, 0, 1)[None].float(), kpts)[0].half() for _ in range(night_renders)]
