@@ -42,6 +42,8 @@ tail -5 "$OUT/run/log.csv"
 for w in best_val latest; do
   $PY -m hndesc_loc.train.export --checkpoint "$OUT/run/$w.pt" --output "$OUT/${w}_fp16.pt" --half
 done
+# latest.pt (with the optimiser state) is dropped: an effnet one is over the device's 16 MB per
+# returned file. A continuation starts from latest_fp16.pt (init_weights; not bit-identical).
 # Snapshots (already fp16): KEEP_SNAPSHOTS evenly spaced ones before the last (latest_fp16.pt is the end).
 if [ -d "$OUT/run/snapshots" ]; then
   mkdir -p "$OUT/snapshots"
