@@ -38,6 +38,11 @@ $PY -m hndesc_loc.train --config "$CONFIG" output_dir="$OUT/run" device="$DEVICE
     val_every=1000 checkpoint_every=500 ${INIT:+init_weights=$INIT} \
     "data.folders=[$DATA/sacre_coeur,$DATA/freiburg_sequence]" validation.real_pairs="$DATA/real_pairs" $EXTRA 2>&1 | tr '\r' '\n' \
     | grep -v -E "(it/s|s/it)[],]|kNN graph|\[A" | tail -30 | tee -a "$OUT/train.log"
+train_rc=${PIPESTATUS[0]}
+if [ "$train_rc" -ne 0 ] || [ ! -f "$OUT/run/latest.pt" ]; then
+  echo "gpu_check.sh: training failed (exit $train_rc; see $OUT/train.log); nothing exported." | tee -a "$OUT/train.log"
+  exit 1
+fi
 tail -5 "$OUT/run/log.csv"
 for w in best_val latest; do
   $PY -m hndesc_loc.train.export --checkpoint "$OUT/run/$w.pt" --output "$OUT/${w}_fp16.pt" --half
