@@ -25,19 +25,20 @@ KEEP_SNAPSHOTS=${KEEP_SNAPSHOTS:-3}
 DEVICE=${DEVICE:-cuda}   # cpu: a smoke test of this script here
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
+PROGRESS='(it/s|s/it)[],]|kNN graph|\[A'   # progress-bar lines, left out of the logs that come back
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/train.log"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/train.log"
 if [ "$SPEED_ITERS" -gt 0 ]; then
   $PY benchmarks/train_speed.py --device cuda --backbones lite caps --iters "$SPEED_ITERS" --warmup 10 \
       --batch_size 16 --num_workers "$WORKERS" --json "$OUT/train_speed.json" 2>&1 | tr '\r' '\n' \
-      | grep -v -E "(it/s|s/it)[],]|kNN graph|\[A" | tee "$OUT/train_speed.log"
+      | grep -v -E "$PROGRESS" | tee "$OUT/train_speed.log"
 fi
 $PY -m hndesc_loc.train --config "$CONFIG" output_dir="$OUT/run" device="$DEVICE" \
     num_workers="$WORKERS" threads=4 time_limit_min="$TRAIN_MIN" iterations=6000 optim.lr_step=4000 \
     val_every=1000 checkpoint_every=500 ${INIT:+init_weights=$INIT} \
     "data.folders=[$DATA/sacre_coeur,$DATA/freiburg_sequence]" validation.real_pairs="$DATA/real_pairs" $EXTRA 2>&1 | tr '\r' '\n' \
-    | grep -v -E "(it/s|s/it)[],]|kNN graph|\[A" | tail -30 | tee -a "$OUT/train.log"
+    | grep -v -E "$PROGRESS" | tail -30 | tee -a "$OUT/train.log"
 train_rc=${PIPESTATUS[0]}
 if [ "$train_rc" -ne 0 ] || [ ! -f "$OUT/run/latest.pt" ]; then
   echo "gpu_check.sh: training failed (exit $train_rc; see $OUT/train.log); nothing exported." | tee -a "$OUT/train.log"
