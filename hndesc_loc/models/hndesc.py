@@ -30,6 +30,13 @@ class HNDesc(BaseModel):
         # of a pair moves it less. [1.0]: the network once, at full resolution. Exclusive with
         # scale_adaptive (which picks one level per keypoint instead).
         "scale_pooling": [1.0],
+        # Tone pooling, the photometric counterpart of scale_pooling: every keypoint is also
+        # described on copies of the image under the tone curves x -> x^gamma (x in [0, 1]) and
+        # the unit descriptors (each pooled over scale_pooling) are averaged, then normalised.
+        # A gamma below 1 lifts the darks, where a night photo keeps its structure and the
+        # network's per-image standardisation leaves it faint. Must hold 1.0 (the untouched
+        # image, which the matchability head scores). [1.0]: off.
+        "tone_pooling": [1.0],
         # Keypoint selection by learned matchability (Hartmann et al., CVPR 2014; the weights'
         # matchability head, `hndesc_loc.train.matchability`): the detector proposes this many
         # keypoints and the detector.max_keypoints most matchable are kept (scores: their
@@ -63,6 +70,10 @@ class HNDesc(BaseModel):
             if unknown or not {"reference_size", "num_levels"} <= set(sa):
                 raise ValueError(f"model.scale_adaptive needs exactly reference_size and num_levels, got {sorted(sa)}.")
         check_scale_pooling(conf["scale_pooling"])
+        check_tone_pooling(conf["tone_pooling"])
+        if sa is not None and list(conf["tone_pooling"]) != [1.0]:
+            raise ValueError("model.tone_pooling and model.scale_adaptive are exclusive: set one of them "
+                             "(tone_pooling=[1.0] or scale_adaptive=null).")
         if sa is not None and list(conf["scale_pooling"]) != [1.0]:
             raise ValueError("model.scale_pooling and model.scale_adaptive are exclusive: set one of them "
                              "(scale_pooling=[1.0] or scale_adaptive=null).")
@@ -147,16 +158,45 @@ def check_matchability(net, candidates, keep: int, scale_pooling) -> None:
 @torch.no_grad()
 def describe_keypoints(net, image: torch.Tensor, kpts: torch.Tensor, conf: dict,
                        feats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keypoints kpts [B,N,2] (pixels of image [B,C,H,W]) described as an extractor conf says
-    (its `scale_pooling` and `context_weight`) -> (descriptors [B,D',N], fine part [B,D,N]):
-    D' = D + C with the coarse context appended, else D and the two are the same tensor.
-    feats: net(image) when the caller has it (not recomputed)."""
+    """Keypoints kpts [B,N,2] (pixels of image [B,C,H,W], values in [0, 1]) described as an
+    extractor conf says (its `scale_pooling`, `tone_pooling` and `context_weight`) ->
+    (descriptors [B,D',N], fine part [B,D,N] of the untouched image, the matchability head's
+    input): D' = D + C with the coarse context appended, else D. feats: net(image) when the
+    caller has it (not recomputed)."""
+    gammas = conf.get("tone_pooling", [1.0])
+    total, untouched = None, None
+    for gamma in gammas:
+        toned = tone_curve(image, gamma)
+        desc, fine = describe_one_tone(net, toned, kpts, conf, feats if toned is image else None)
+        total = desc if total is None else total + desc
+        if toned is image:
+            untouched = fine
+    return (total if len(gammas) == 1 else F.normalize(total, dim=1)), untouched
+
+
+def describe_one_tone(net, image: torch.Tensor, kpts: torch.Tensor, conf: dict,
+                      feats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`describe_keypoints` on one image, pooled over the conf's `scale_pooling` only -> (descriptors
+    [B,D',N], fine part [B,D,N]; the same tensor without context)."""
     w = conf.get("context_weight")
     if w is None:
         fine = describe_scale_pooled(net, image, kpts, conf["scale_pooling"], feats=feats)
         return fine, fine
     fine, context = describe_scale_pooled(net, image, kpts, conf["scale_pooling"], feats=feats, context=True)
     return append_context(fine, net.context_basis(context), w), fine
+
+
+def tone_curve(image: torch.Tensor, gamma: float) -> torch.Tensor:
+    """image [B,C,H,W] in [0, 1] -> image^gamma (the same tensor for gamma 1)."""
+    return image if gamma == 1 else image.clamp(0, 1) ** gamma
+
+
+def check_tone_pooling(gammas) -> None:
+    if (not isinstance(gammas, (list, tuple)) or not gammas
+            or not all(isinstance(g, (int, float)) and not isinstance(g, bool) and g > 0 for g in gammas)
+            or 1.0 not in [float(g) for g in gammas] or len(set(float(g) for g in gammas)) != len(gammas)):
+        raise ValueError(f"model.tone_pooling must be a list of distinct positive gammas holding 1.0 "
+                         f"(e.g. [1.0, 0.5]; [1.0]: off), got {gammas!r}.")
 
 
 def check_context_weight(weight) -> None:
