@@ -2,7 +2,9 @@
 selection and coarse context, as shipped before the fourteenth session; lite too), hndesc_joint (HNDesc's own detection head), HNDesc caps backbone, DISK (when its weights are
 installed) and pycolmap's SIFT extraction of the same images, in one run.
 
-    python benchmarks/extract.py [--num_images 12]
+    python benchmarks/extract.py [--num_images 12] [--variant "hndesc model.rotation_pooling=[0,-10,10]" ...]
+
+Each --variant adds a row (and its ratio to DISK): an extract_features conf with overrides.
 """
 import argparse
 import sys
@@ -51,7 +53,14 @@ def colmap_sift(image_dir, names, out):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--num_images", type=int, default=12, help="images timed per method (default: %(default)s)")
+    p.add_argument("--variant", nargs="*", default=[],
+                   help='extra rows as "CONF key=value ...", e.g. "hndesc model.rotation_pooling=[0,-10,10]"')
     a = p.parse_args()
+    if a.variant:   # check the conf names before timing anything (the children are spawned: their memory is their own)
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from common import variant_confs
+
+        variant_confs(a.variant)
     tmp = Path(tempfile.mkdtemp())
     names = make_images(tmp / "images", 1024, a.num_images)
     n = len(names)
@@ -69,6 +78,10 @@ def main():
     rows["hndesc (lite+sift)"] = (n / secs, mem)
     _, mem, secs = run_isolated(hndesc, "hndesc_joint", tmp / "images", names, tmp / "joint.h5", [])
     rows["hndesc_joint"] = (n / secs, mem)
+    for i, v in enumerate(a.variant):
+        name, *overrides = v.split()
+        _, mem, secs = run_isolated(hndesc, name, tmp / "images", names, tmp / f"variant{i}.h5", overrides)
+        rows[v] = (n / secs, mem)
     _, mem, secs = run_isolated(hndesc, "hndesc_caps", tmp / "images", names, tmp / "caps.h5", [])
     rows["hndesc_caps (random weights)"] = (n / secs, mem)
     try:
@@ -81,9 +94,10 @@ def main():
         print(f"DISK skipped: {e}")
     base = rows["pycolmap SIFT"]
     print(f"\n{n} images at 1024 px, 2 CPU threads")
-    print(f"{'method':32s} {'img/s':>7s} {'x SIFT':>7s} {'peak RSS MiB':>13s} {'x SIFT':>7s}")
+    width = max([32] + [len(k) for k in rows])
+    print(f"{'method':{width}s} {'img/s':>7s} {'x SIFT':>7s} {'peak RSS MiB':>13s} {'x SIFT':>7s}")
     for k, (ips, mem) in rows.items():
-        print(f"{k:32s} {ips:7.2f} {ips / base[0]:7.2f} {mem:13.0f} {mem / base[1]:7.2f}")
+        print(f"{k:{width}s} {ips:7.2f} {ips / base[0]:7.2f} {mem:13.0f} {mem / base[1]:7.2f}")
     if "disk" in rows:
         print(f"hndesc vs DISK: x{rows[default][0] / rows['disk'][0]:.1f} faster "
               f"({1000 / rows[default][0]:.0f} vs {1000 / rows['disk'][0]:.0f} ms / image; target >= x3)")
@@ -91,6 +105,9 @@ def main():
               f"({1000 / rows[plain][0]:.0f} vs {1000 / rows['disk'][0]:.0f} ms / image)")
         print(f"hndesc_joint vs DISK: x{rows['hndesc_joint'][0] / rows['disk'][0]:.1f} faster "
               f"({1000 / rows['hndesc_joint'][0]:.0f} vs {1000 / rows['disk'][0]:.0f} ms / image; target >= x3)")
+        for v in a.variant:
+            print(f"{v} vs DISK: x{rows[v][0] / rows['disk'][0]:.1f} faster "
+                  f"({1000 / rows[v][0]:.0f} vs {1000 / rows['disk'][0]:.0f} ms / image)")
 
 
 if __name__ == "__main__":

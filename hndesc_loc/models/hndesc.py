@@ -37,6 +37,13 @@ class HNDesc(BaseModel):
         # network's per-image standardisation leaves it faint. Must hold 1.0 (the untouched
         # image, which the matchability head scores). [1.0]: off.
         "tone_pooling": [1.0],
+        # Rotation pooling: views of the image rotated about its centre by each of `angles`
+        # (degrees; reflected borders), each resized by each of `scales`, join the upright
+        # views of scale_pooling; every view group (the upright one, one per angle) gives a
+        # unit descriptor, and they are averaged, then normalised. Small angles make the
+        # upright descriptor tolerate the in-plane tilt that perspective gives a wide-baseline
+        # pair. The matchability head scores the upright views. None: off.
+        "rotation_pooling": None,           # or {"angles": [-10.0, 10.0], "scales": [0.7071]}
         # Keypoint selection by learned matchability (Hartmann et al., CVPR 2014; the weights'
         # matchability head, `hndesc_loc.train.matchability`): the detector proposes this many
         # keypoints and the detector.max_keypoints most matchable are kept (scores: their
@@ -71,9 +78,10 @@ class HNDesc(BaseModel):
                 raise ValueError(f"model.scale_adaptive needs exactly reference_size and num_levels, got {sorted(sa)}.")
         check_scale_pooling(conf["scale_pooling"])
         check_tone_pooling(conf["tone_pooling"])
-        if sa is not None and list(conf["tone_pooling"]) != [1.0]:
-            raise ValueError("model.tone_pooling and model.scale_adaptive are exclusive: set one of them "
-                             "(tone_pooling=[1.0] or scale_adaptive=null).")
+        check_rotation_pooling(conf["rotation_pooling"])
+        if sa is not None and (list(conf["tone_pooling"]) != [1.0] or conf["rotation_pooling"] is not None):
+            raise ValueError("model.tone_pooling and model.rotation_pooling pool views that model.scale_adaptive does "
+                             "not describe: set tone_pooling=[1.0] and rotation_pooling=null, or scale_adaptive=null.")
         if sa is not None and list(conf["scale_pooling"]) != [1.0]:
             raise ValueError("model.scale_pooling and model.scale_adaptive are exclusive: set one of them "
                              "(scale_pooling=[1.0] or scale_adaptive=null).")
@@ -163,32 +171,68 @@ def describe_keypoints(net, image: torch.Tensor, kpts: torch.Tensor, conf: dict,
     (descriptors [B,D',N], fine part [B,D,N] of the untouched image, the matchability head's
     input): D' = D + C with the coarse context appended, else D. feats: net(image) when the
     caller has it (not recomputed)."""
-    gammas = conf.get("tone_pooling", [1.0])
+    gammas, rot = conf.get("tone_pooling", [1.0]), conf.get("rotation_pooling")
+    views = [(0.0, conf["scale_pooling"])] + ([(a, rot["scales"]) for a in rot["angles"]] if rot else [])
     total, untouched = None, None
     for gamma in gammas:
         toned = tone_curve(image, gamma)
-        desc, fine = describe_one_tone(net, toned, kpts, conf, feats if toned is image else None)
-        total = desc if total is None else total + desc
-        if toned is image:
-            untouched = fine
-    return (total if len(gammas) == 1 else F.normalize(total, dim=1)), untouched
+        for angle, scales in views:
+            turned, points = rotate(toned, kpts, angle)
+            desc, fine = describe_view(net, turned, points, conf, scales, feats if turned is image else None)
+            total = desc if total is None else total + desc
+            if turned is image:
+                untouched = fine
+    return (total if len(gammas) * len(views) == 1 else F.normalize(total, dim=1)), untouched
 
 
-def describe_one_tone(net, image: torch.Tensor, kpts: torch.Tensor, conf: dict,
-                      feats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`describe_keypoints` on one image, pooled over the conf's `scale_pooling` only -> (descriptors
-    [B,D',N], fine part [B,D,N]; the same tensor without context)."""
+def describe_view(net, image: torch.Tensor, kpts: torch.Tensor, conf: dict, scales,
+                  feats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One view group of `describe_keypoints`: keypoints kpts [B,N,2] of image [B,C,H,W] pooled over
+    the resize factors `scales`, the conf's context appended -> (unit descriptors [B,D',N], fine
+    part [B,D,N]; the same tensor without context)."""
     w = conf.get("context_weight")
     if w is None:
-        fine = describe_scale_pooled(net, image, kpts, conf["scale_pooling"], feats=feats)
+        fine = describe_scale_pooled(net, image, kpts, scales, feats=feats)
         return fine, fine
-    fine, context = describe_scale_pooled(net, image, kpts, conf["scale_pooling"], feats=feats, context=True)
+    fine, context = describe_scale_pooled(net, image, kpts, scales, feats=feats, context=True)
     return append_context(fine, net.context_basis(context), w), fine
 
 
 def tone_curve(image: torch.Tensor, gamma: float) -> torch.Tensor:
     """image [B,C,H,W] in [0, 1] -> image^gamma (the same tensor for gamma 1)."""
     return image if gamma == 1 else image.clamp(0, 1) ** gamma
+
+
+def rotate(image: torch.Tensor, kpts: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """image [B,C,H,W] rotated about its centre by `degrees` (clockwise as displayed, y pointing
+    down: +x turns towards +y; bilinear, reflected borders, same size) and keypoints [B,N,2]
+    (pixels) moved with it. The same tensors for 0 degrees."""
+    if degrees == 0:
+        return image, kpts
+    h, w = image.shape[-2:]
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    # affine_grid maps output to input in normalised coordinates, where a pixel step differs per axis.
+    theta = image.new_tensor([[c, s * h / w, 0.0], [-s * w / h, c, 0.0]]).expand(len(image), 2, 3)
+    grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+    turned = F.grid_sample(image, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    centre = kpts.new_tensor([(w - 1) / 2, (h - 1) / 2])
+    rotation = kpts.new_tensor([[c, s], [-s, c]])     # row vectors: p' = p R (= R^T p as columns)
+    return turned, (kpts - centre) @ rotation + centre
+
+
+def check_rotation_pooling(rot) -> None:
+    def angle_ok(a):
+        return isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < abs(a) < 90
+
+    if rot is None:
+        return
+    angles, scales = (rot.get("angles"), rot.get("scales")) if isinstance(rot, dict) else (None, None)
+    if (not isinstance(rot, dict) or set(rot) != {"angles", "scales"}
+            or not isinstance(angles, (list, tuple)) or not angles or not all(angle_ok(a) for a in angles)
+            or len(set(float(a) for a in angles)) != len(angles)):
+        raise ValueError("model.rotation_pooling must be null or {angles: [...], scales: [...]} with distinct "
+                         f"non-zero angles in degrees (|a| < 90), e.g. {{angles: [-10, 10], scales: [0.7071]}}; got {rot!r}.")
+    check_scale_pooling(scales, "model.rotation_pooling.scales")
 
 
 def check_tone_pooling(gammas) -> None:
