@@ -2,7 +2,7 @@
 selection and coarse context, as shipped before the fourteenth session; lite too), hndesc_joint (HNDesc's own detection head), HNDesc caps backbone, DISK (when its weights are
 installed) and pycolmap's SIFT extraction of the same images, in one run.
 
-    python benchmarks/extract.py [--num_images 12] [--variant "hndesc model.rotation_pooling=[0,-10,10]" ...]
+    python benchmarks/extract.py [--num_images 12] [--variant "hndesc model.rotation_pooling.angles=[-10,10] model.rotation_pooling.scales=[0.7071]" ...]
 
 Each --variant adds a row (and its ratio to DISK): an extract_features conf with overrides.
 """
@@ -54,7 +54,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--num_images", type=int, default=12, help="images timed per method (default: %(default)s)")
     p.add_argument("--variant", nargs="*", default=[],
-                   help='extra rows as "CONF key=value ...", e.g. "hndesc model.rotation_pooling=[0,-10,10]"')
+                   help='extra rows as "CONF key=value ...", e.g. "hndesc model.tone_pooling=[1.0,0.5]"')
     a = p.parse_args()
     if a.variant:   # check the conf names before timing anything (the children are spawned: their memory is their own)
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

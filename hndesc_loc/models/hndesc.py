@@ -167,10 +167,11 @@ def check_matchability(net, candidates, keep: int, scale_pooling) -> None:
 def describe_keypoints(net, image: torch.Tensor, kpts: torch.Tensor, conf: dict,
                        feats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Keypoints kpts [B,N,2] (pixels of image [B,C,H,W], values in [0, 1]) described as an
-    extractor conf says (its `scale_pooling`, `tone_pooling` and `context_weight`) ->
-    (descriptors [B,D',N], fine part [B,D,N] of the untouched image, the matchability head's
-    input): D' = D + C with the coarse context appended, else D. feats: net(image) when the
-    caller has it (not recomputed)."""
+    extractor conf says (its `scale_pooling`, `tone_pooling`, `rotation_pooling` and
+    `context_weight`) -> (descriptors [B,D',N], fine part [B,D,N] of the untouched upright image,
+    the matchability head's input): D' = D + C with the coarse context appended, else D. One unit
+    descriptor per tone and view group (upright over scale_pooling, then each rotation angle over
+    its scales), averaged and normalised. feats: net(image) when the caller has it (not recomputed)."""
     gammas, rot = conf.get("tone_pooling", [1.0]), conf.get("rotation_pooling")
     views = [(0.0, conf["scale_pooling"])] + ([(a, rot["scales"]) for a in rot["angles"]] if rot else [])
     total, untouched = None, None
