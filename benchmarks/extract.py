@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import make_images, run_isolated  # noqa: E402
+from common import make_images, run_isolated, variant_confs  # noqa: E402
 
 
 def hndesc(conf_name, image_dir, names, out, overrides):
@@ -56,11 +56,14 @@ def main():
     p.add_argument("--variant", nargs="*", default=[],
                    help='extra rows as "CONF key=value ...", e.g. "hndesc model.tone_pooling=[1.0,0.5]"')
     a = p.parse_args()
-    if a.variant:   # check the conf names before timing anything (the children are spawned: their memory is their own)
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from common import variant_confs
+    if a.variant:   # a bad conf name or value fails here, before anything is timed
+        from hndesc_loc.extract_features import build_model
 
-        variant_confs(a.variant)
+        for v, conf in variant_confs(a.variant).items():
+            try:
+                build_model(conf)
+            except ValueError as e:
+                raise SystemExit(f"--variant {v!r}: {e}") from None
     tmp = Path(tempfile.mkdtemp())
     names = make_images(tmp / "images", 1024, a.num_images)
     n = len(names)

@@ -222,24 +222,18 @@ def rotate(image: torch.Tensor, kpts: torch.Tensor, degrees: float) -> tuple[tor
 
 
 def check_rotation_pooling(rot) -> None:
-    def angle_ok(a):
-        return isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < abs(a) < 90
-
     if rot is None:
         return
-    angles, scales = (rot.get("angles"), rot.get("scales")) if isinstance(rot, dict) else (None, None)
+    angles = rot.get("angles") if isinstance(rot, dict) else None
     if (not isinstance(rot, dict) or set(rot) != {"angles", "scales"}
-            or not isinstance(angles, (list, tuple)) or not angles or not all(angle_ok(a) for a in angles)
-            or len(set(float(a) for a in angles)) != len(angles)):
+            or not is_number_list(angles, lambda a: 0 < abs(a) < 90) or len(set(map(float, angles))) != len(angles)):
         raise ValueError("model.rotation_pooling must be null or {angles: [...], scales: [...]} with distinct "
                          f"non-zero angles in degrees (|a| < 90), e.g. {{angles: [-10, 10], scales: [0.7071]}}; got {rot!r}.")
-    check_scale_pooling(scales, "model.rotation_pooling.scales")
+    check_scale_pooling(rot["scales"], "model.rotation_pooling.scales")
 
 
 def check_tone_pooling(gammas) -> None:
-    if (not isinstance(gammas, (list, tuple)) or not gammas
-            or not all(isinstance(g, (int, float)) and not isinstance(g, bool) and g > 0 for g in gammas)
-            or 1.0 not in [float(g) for g in gammas] or len(set(float(g) for g in gammas)) != len(gammas)):
+    if not is_number_list(gammas) or 1.0 not in gammas or len(set(map(float, gammas))) != len(gammas):
         raise ValueError(f"model.tone_pooling must be a list of distinct positive gammas holding 1.0 "
                          f"(e.g. [1.0, 0.5]; [1.0]: off), got {gammas!r}.")
 
@@ -255,9 +249,14 @@ def append_context(desc: torch.Tensor, context: torch.Tensor, weight: float) -> 
     return F.normalize(torch.cat([desc, weight * context.to(desc.dtype)], 1), dim=1)
 
 
+def is_number_list(values, valid=lambda v: v > 0) -> bool:
+    """Whether values is a non-empty list of numbers (not booleans), each of which `valid` accepts."""
+    return (isinstance(values, (list, tuple)) and bool(values)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and valid(v) for v in values))
+
+
 def check_scale_pooling(factors, what: str = "model.scale_pooling") -> None:
-    if (not isinstance(factors, (list, tuple)) or not factors
-            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in factors)):
+    if not is_number_list(factors):
         raise ValueError(f"{what} must be a non-empty list of positive scale factors "
                          f"(e.g. [1.0, 0.5]), got {factors!r}.")
 
