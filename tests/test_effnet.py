@@ -79,3 +79,35 @@ def test_weights_of_another_backbone_name_the_fix(tmp_path):
 
     with pytest.raises(ValueError, match=r"holds a 'lite' network but 'effnet' was asked for: pass model.backbone=lite"):
         load_network(Path(__file__).resolve().parent.parent / "hndesc_loc" / "weights" / "hndesc_lite.pt", "effnet")
+
+
+def test_fusion_for_inference_keeps_the_function_and_refuses_training():
+    """`fuse_for_inference` (BatchNorms folded into the convolutions, channels-last maps): the
+    shipped `hndesc` network gives the same encoder maps and the same `hndesc` descriptors as
+    before, no BatchNorm is left (one applied twice, or one dropped, would move them far), a
+    second call changes nothing, and training the fused encoder is refused."""
+    import skimage.data
+
+    from hndesc_loc.extract_features import confs
+    from hndesc_loc.models.hndesc import describe_keypoints
+    from hndesc_loc.models.network import load_network
+
+    conf = confs["hndesc"]["model"]
+    plain = load_network("default", conf["backbone"])
+    fused = load_network("default", conf["backbone"]).fuse_for_inference()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.backbone.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.backbone.modules())
+    image = torch.from_numpy(skimage.data.astronaut()[:480, :400]).permute(2, 0, 1)[None].float() / 255
+    kpts = torch.rand(1, 300, 2) * torch.tensor([399.0, 479.0])
+    with torch.no_grad():
+        a, b = plain(image), fused(image)
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-3 * float(a[key].abs().max())), key
+        da, _ = describe_keypoints(plain, image, kpts, conf)
+        db, _ = describe_keypoints(fused, image, kpts, conf)
+    assert float((da * db).sum(1).min()) > 0.9999   # [1,D,N]: cosine per keypoint
+    before = {k: v.clone() for k, v in fused.state_dict().items()}
+    fused.fuse_for_inference()
+    assert all(torch.equal(before[k], v) for k, v in fused.state_dict().items())
+    with pytest.raises(RuntimeError, match="fused for inference"):
+        fused.train()

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .sampling import dense_descriptors, sample_features
 
@@ -50,6 +51,10 @@ class MBConv(nn.Module):
         self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
         self.residual = stride == 1 and cin == cout
 
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """(convolution, the BatchNorm after it) attribute names, in order."""
+        return ([("_expand_conv", "_bn0")] if self.expand else []) + [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
         y = F.relu6(self._bn1(self._depthwise_conv(y)))
@@ -74,6 +79,7 @@ class EffNetBackbone(nn.Module):
     levels = [("f2", 2, 16), ("f4", 4, 24), ("f8", 8, 40), ("f16", 16, 112), ("coarse", 32, 192)]  # key, stride, channels
     detection_inputs = levels[:3]
     standardise_input = False  # per image and channel, as `lite` does (EffNetStdBackbone)
+    fused = False              # `fuse_for_inference` was called
 
     def __init__(self, descriptor_dim: int = 128, coarse_dim: int = 192):
         super().__init__()
@@ -99,7 +105,26 @@ class EffNetBackbone(nn.Module):
             raise ValueError(f"ImageNet checkpoint lacks encoder keys: {missing[:5]}")
         self.load_state_dict(encoder, strict=False)
 
+    def fuse_for_inference(self) -> None:
+        """Fold every BatchNorm into the convolution before it and keep the encoder's maps
+        channels-last: the same function to float rounding, faster on the CPU (together much more
+        than either alone: BatchNorm is slow on channels-last maps; `benchmarks/extract.py`).
+        Extraction only: the folded encoder has no BatchNorm left to train or to save."""
+        if self.fused:
+            return
+        if self.training:
+            raise RuntimeError("fuse_for_inference needs the network in eval mode (BatchNorm statistics frozen).")
+        owners = [(self, "_conv_stem", "_bn0")] + [(b, c, n) for b in self._blocks for c, n in b.conv_bn_pairs()]
+        for owner, conv, bn in owners:
+            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+            setattr(owner, bn, nn.Identity())
+        self.to(memory_format=torch.channels_last)
+        self.fused = True
+
     def train(self, mode: bool = True):
+        if mode and self.fused:
+            raise RuntimeError("this encoder was fused for inference (its BatchNorms folded away): "
+                               "load the weights again to train it.")
         super().train(mode)
         for m in self.modules():  # frozen statistics, see the module docstring
             if isinstance(m, nn.BatchNorm2d):
@@ -110,6 +135,8 @@ class EffNetBackbone(nn.Module):
         """image [B,3,H,W] (ImageNet-standardised) -> maps 'f2', 'f4', 'f8', 'f16', 'coarse' (stride 32)."""
         if self.standardise_input:
             image = F.instance_norm(image, eps=1e-3)
+        if self.fused:
+            image = image.contiguous(memory_format=torch.channels_last)
         x = F.relu6(self._bn0(self._conv_stem(image)))
         out = {}
         for i, block in enumerate(self._blocks):

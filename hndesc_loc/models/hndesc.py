@@ -66,7 +66,7 @@ class HNDesc(BaseModel):
         if conf["weights"] is None:
             raise ValueError(f"model.weights is required for backbone '{conf['backbone']}' in this conf: pass the "
                              "release checkpoint, e.g. model.weights=/path/to/hndesc_caps_MP_st.pth.")
-        self.net = load_network(conf["weights"], conf["backbone"])
+        self.net = load_network(conf["weights"], conf["backbone"]).fuse_for_inference()
         if conf["descriptor"] != "fine":
             if conf["backbone"] != "caps":
                 raise ValueError(f"model.descriptor='{conf['descriptor']}' needs the caps backbone.")
@@ -358,7 +358,7 @@ class HNDescJoint(BaseModel):
     def _init(self, conf):
         check_scale_pooling(conf["scale_pooling"])
         check_context_weight(conf["context_weight"])
-        self.net = load_network(conf["weights"], conf["backbone"], detector=True)
+        self.net = load_network(conf["weights"], conf["backbone"], detector=True).fuse_for_inference()
 
     def describe(self, image: torch.Tensor, kpts: torch.Tensor, feats: dict | None = None) -> torch.Tensor:
         """As `HNDesc.describe`."""
@@ -380,7 +380,7 @@ class HNDescGlobal(BaseModel):
     required_inputs = ["image"]
 
     def _init(self, conf):
-        self.net = load_network(conf["weights"], conf["backbone"])
+        self.net = load_network(conf["weights"], conf["backbone"]).fuse_for_inference()
 
     @torch.no_grad()
     def _forward(self, data):

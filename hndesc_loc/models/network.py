@@ -64,6 +64,15 @@ class HNDescNet(nn.Module):
             image = image.expand(-1, 3, -1, -1)
         return self.backbone((image - self.mean) / self.std)
 
+    def fuse_for_inference(self) -> "HNDescNet":
+        """For extraction: the backbone's own speed-up when it has one (`EffNetBackbone.fuse_for_inference`:
+        BatchNorms folded, channels-last maps), the same function to float rounding; other backbones
+        unchanged. A fused backbone refuses training. Returns self."""
+        fuse = getattr(self.backbone, "fuse_for_inference", None)
+        if fuse is not None:
+            fuse()
+        return self
+
     def describe(self, feats: dict, keypoints: torch.Tensor) -> torch.Tensor:
         """feats of `forward`, keypoints [B,N,2] (pixels) -> unit descriptors [B,D,N]."""
         return self.whitening(self.backbone.describe(feats, keypoints))
