@@ -154,8 +154,13 @@ def test_tool_learns_a_head_from_an_sfm_model_of_real_photos(shared_data, tmp_pa
         main(LITE, [tmp_path / "absent"], tmp_path / "x.pt")
     with pytest.raises(ValueError, match="night_survival in"):
         main(LITE, [shared_data / "sacre_coeur"], tmp_path / "x.pt", {"night_renders": 2, "night_survival": 0.0})
+    with pytest.raises(ValueError, match="must look like key.sub=value"):
+        main(LITE, [shared_data / "sacre_coeur"], tmp_path / "x.pt", {"overrides": ["model.scale_pooling"]})
+    assert not (tmp_path / "x.pt").exists()
+    # The extractor conf's overrides reach the head: it is trained on, and records, that pooling.
     record = main(LITE, [shared_data / "sacre_coeur"], tmp_path / "m.pt",
-                  {"candidates": 1024, "epochs": 60, "night_renders": 1})
+                  {"candidates": 1024, "epochs": 60, "night_renders": 1, "overrides": ["model.scale_pooling=[1.0,0.7071]"]})
+    assert record["scale_pooling"] == [1.0, 0.7071]
     folder = record["folders"][str(shared_data / "sacre_coeur")]
     assert folder["registered"] == 10
     assert 0.02 < record["matched"] / record["examples"] < 0.6
@@ -165,7 +170,7 @@ def test_tool_learns_a_head_from_an_sfm_model_of_real_photos(shared_data, tmp_pa
     # Every fourth photo held out of one fit: the head ranks their matched keypoints first.
     assert record["held_out_auc"] > 0.75
     net = load_checkpoint(tmp_path / "m.pt", "lite")
-    assert bool(net.matchability.active)
+    assert bool(net.matchability.active) and net.matchability.scale_pooling == [1.0, 0.7071]
 
 
 def test_a_new_whitening_leaves_the_former_head_out(head_weights, tmp_path):

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .. import logger
-from ..extract_features import confs as extract_confs, load_image
+from ..extract_features import confs as extract_confs, load_image, parse_overrides
 from ..io import list_images
 from ..models.hndesc import HNDesc, describe_keypoints
 from ..models.matchability import fit_matchability
@@ -41,6 +41,8 @@ from .trainer import add_weights_tool_arguments, read_small_weights, save_atomic
 
 default_conf = {
     "conf": "hndesc",      # extractor conf whose detector, resolution and descriptor pooling are used
+    "overrides": [],       # `key.sub=value` changes of that conf, as extract_features takes them (e.g.
+                           # "model.scale_pooling=[1.4142,1.0,0.5]": a head for another pooling)
     "candidates": 16384,   # keypoints proposed per image (the extractor's model.matchability_candidates)
     "radius": 3.0,         # px at the extraction resolution: a keypoint this near a 3D point's observation is matched
     "epochs": 300,         # full-batch Adam steps of the head
@@ -165,11 +167,11 @@ def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None 
         raise ValueError("night_renders must be >= 0 and night_survival in (0, 1].")
     if conf["conf"] not in extract_confs or extract_confs[conf["conf"]]["model"]["name"] != "hndesc":
         raise ValueError(f"--conf {conf['conf']!r} is not an extractor conf of the 'hndesc' model.")
+    extract = parse_overrides(extract_confs[conf["conf"]], list(conf["overrides"]))
     ckpt = read_small_weights(weights)
     for d in image_dirs:
         if not Path(d).is_dir():
             raise FileNotFoundError(f"Image folder {d} does not exist: pass folders of overlapping training photos.")
-    extract = extract_confs[conf["conf"]]
     model_conf = {**extract["model"], "weights": str(weights), "backbone": ckpt.get("backbone", extract["model"]["backbone"]),
                   "matchability_candidates": None,
                   "detector": {**extract["model"]["detector"], "max_keypoints": conf["candidates"]}}
@@ -234,6 +236,8 @@ def cli(argv=None):
                                "folders of overlapping training photos, one scene each (never evaluation photos)")
     p.add_argument("--conf", default=default_conf["conf"],
                    help="extractor conf (of the 'hndesc' model) whose detector, resolution and pooling are used")
+    p.add_argument("--overrides", nargs="+", default=[],
+                   help="changes of that conf as key.sub=value, e.g. --overrides model.scale_pooling=[1.4142,1.0,0.5]")
     p.add_argument("--candidates", type=int, default=default_conf["candidates"],
                    help="keypoints proposed per image, as the extractor's model.matchability_candidates")
     p.add_argument("--radius", type=float, default=default_conf["radius"],
@@ -248,7 +252,7 @@ def cli(argv=None):
     p.add_argument("--night_survival", type=float, default=default_conf["night_survival"],
                    help="share of the day-to-night trials a positive must pass (used with --night_renders)")
     a = p.parse_args(argv)
-    main(a.weights, a.image_dirs, a.output, {"conf": a.conf, "candidates": a.candidates, "radius": a.radius,
+    main(a.weights, a.image_dirs, a.output, {"conf": a.conf, "overrides": a.overrides, "candidates": a.candidates, "radius": a.radius,
                                             "epochs": a.epochs, "seed": a.seed, "num_threads": a.num_threads,
                                             "night_renders": a.night_renders, "night_survival": a.night_survival})
 
