@@ -165,9 +165,12 @@ def main(weights: Path, image_dirs: list[Path], output: Path, conf: dict | None 
         raise ValueError("candidates and epochs must be >= 1 and radius > 0.")
     if conf["night_renders"] < 0 or not 0 < conf["night_survival"] <= 1:
         raise ValueError("night_renders must be >= 0 and night_survival in (0, 1].")
-    if conf["conf"] not in extract_confs or extract_confs[conf["conf"]]["model"]["name"] != "hndesc":
-        raise ValueError(f"--conf {conf['conf']!r} is not an extractor conf of the 'hndesc' model.")
+    if conf["conf"] not in extract_confs:
+        raise ValueError(f"--conf {conf['conf']!r} is not an extractor conf (one of {sorted(extract_confs)}).")
     extract = parse_overrides(extract_confs[conf["conf"]], list(conf["overrides"]))
+    if extract["model"]["name"] != "hndesc":
+        raise ValueError(f"--conf {conf['conf']!r} describes with the {extract['model']['name']!r} model; the head "
+                         "scores descriptors of the 'hndesc' model: pass an 'hndesc' conf (e.g. --conf hndesc).")
     ckpt = read_small_weights(weights)
     for d in image_dirs:
         if not Path(d).is_dir():
