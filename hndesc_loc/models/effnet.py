@@ -56,8 +56,10 @@ class MBConv(nn.Module):
         return ([("_expand_conv", "_bn0")] if self.expand else []) + [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        # In place: the activation of a fresh map, which out of place costs a new allocation of
+        # the map's size, the larger part of an inference pass on the CPU (`benchmarks/extract.py`).
+        y = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return x + y if self.residual else y
 
@@ -137,7 +139,7 @@ class EffNetBackbone(nn.Module):
             image = F.instance_norm(image, eps=1e-3)
         if self.fused:
             image = image.contiguous(memory_format=torch.channels_last)
-        x = F.relu6(self._bn0(self._conv_stem(image)))
+        x = F.relu6(self._bn0(self._conv_stem(image)), inplace=True)
         out = {}
         for i, block in enumerate(self._blocks):
             x = block(x)
