@@ -9,7 +9,7 @@ default 0.04), OpenCV SIFT descriptors on the same keypoints, plain OpenCV SIFT 
 defaults, `hndesc_joint` (HNDesc's own detection head), and DISK when its weights are
 installed. Per method and split (viewpoint / illumination): keypoint repeatability at 3 px,
 MMA at 1..10 px, correct mutual matches per pair, homography accuracy; extraction time.
-Images at 640 px, mutual nearest neighbours.
+Images at 640 px unless --max_size says otherwise, mutual nearest neighbours.
 """
 import argparse
 import time
@@ -20,6 +20,7 @@ from hndesc_loc import extract_features, hpatches
 from hndesc_loc.io import list_images, open_h5
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SIZE = 640
 HELD_OUT = ROOT.parent / "shared" / "data" / "phototourism_sample_images"
 
 
@@ -52,12 +53,12 @@ def method_confs(extra_weights: list[Path], extra_joint_weights: list[Path] = ()
     return confs
 
 
-def held_out_dataset(outputs: Path) -> Path:
+def held_out_dataset(outputs: Path, max_size: int = DEFAULT_SIZE) -> Path:
     if not HELD_OUT.is_dir():
         raise SystemExit(f"{HELD_OUT} is absent: this benchmark needs ../shared/data.")
     dataset = outputs / "hpatches-heldout-families"
     if not dataset.is_dir():
-        hpatches.generate([HELD_OUT / n for n in list_images(HELD_OUT)], dataset, seed=0, max_size=640,
+        hpatches.generate([HELD_OUT / n for n in list_images(HELD_OUT)], dataset, seed=0, max_size=max_size,
                           held_out_families=True)
     return dataset
 
@@ -66,10 +67,10 @@ def feature_file(outputs: Path, label: str) -> Path:
     return outputs / f"{label.replace(' ', '_').replace('/', '_').replace('(', '').replace(')', '')}.h5"
 
 
-def evaluate_methods(outputs: Path, confs: dict) -> tuple[dict, dict, dict]:
+def evaluate_methods(outputs: Path, confs: dict, max_size: int = DEFAULT_SIZE) -> tuple[dict, dict, dict]:
     """Extract every conf on the held-out HPatches-style set and evaluate it with the project's
     HPatches evaluator. Returns (results, seconds per image, descriptor dimension)."""
-    dataset = held_out_dataset(outputs)
+    dataset = held_out_dataset(outputs, max_size)
     names = hpatches.image_names(dataset)
     results, timings, dims = {}, {}, {}
     for label, conf in confs.items():
@@ -85,7 +86,7 @@ def evaluate_methods(outputs: Path, confs: dict) -> tuple[dict, dict, dict]:
     return results, timings, dims
 
 
-def detection_figures(outputs: Path, conf: dict, label: str) -> list[Path]:
+def detection_figures(outputs: Path, conf: dict, label: str, max_size: int = DEFAULT_SIZE) -> list[Path]:
     """Keypoints + repeatability / reliability maps of a day image and its night version, and
     the matches of that illumination pair (green: within 3 px of the ground truth)."""
     import torch
@@ -94,7 +95,7 @@ def detection_figures(outputs: Path, conf: dict, label: str) -> list[Path]:
     from hndesc_loc.io import read_image
     from hndesc_loc.viz import plot_detection
 
-    dataset = held_out_dataset(outputs)
+    dataset = held_out_dataset(outputs, max_size)
     seq = next(s for s in hpatches.list_sequences(dataset) if s.startswith("i_"))
     model = build_model(conf)
     images, maps, kpts = [], [], []
@@ -125,14 +126,22 @@ def main():
                         '(the shipped conf without its scale pooling)')
     p.add_argument("--only_weights", action="store_true",
                    help="evaluate only --weights / --joint_weights / --variant (ablations)")
+    p.add_argument("--max_size", type=int, default=DEFAULT_SIZE,
+                   help="longest side of the generated images in px (default: %(default)s); the photos are about "
+                        "1000 px, so 1024 keeps them at their own size. Another size than the default works in "
+                        "OUTPUTS/<size>px/ (its own set, features and results)")
     a = p.parse_args()
+    if a.max_size < 64:
+        raise SystemExit(f"--max_size {a.max_size}: too small for the evaluator's crops; use 640 (default) or 1024.")
+    if a.max_size != DEFAULT_SIZE:  # the set, the feature files (named by method) and the results differ by size
+        a.outputs = a.outputs / f"{a.max_size}px"
     confs = method_confs(a.weights, a.joint_weights)
     if a.only_weights:
         tags = [f"({Path(w).stem})" for w in a.weights] + [f"({Path(w).parent.name}-{Path(w).stem})" for w in a.joint_weights]
         confs = {k: v for k, v in confs.items() if any(t in k for t in tags)}
     confs.update(variant_confs(a.variant))
-    results, timings, _ = evaluate_methods(a.outputs, confs)
-    print("\nHPatches-style set from held-out photos (NOT HPatches numbers), 640 px, mutual NN; splits: v viewpoint, "
+    results, timings, _ = evaluate_methods(a.outputs, confs, a.max_size)
+    print(f"\nHPatches-style set from held-out photos (NOT HPatches numbers), {a.max_size} px, mutual NN; splits: v viewpoint, "
           "i illumination by the training renderer's families, h photometric families held out from training")
     print(hpatches.format_table(results))
     for label, t in timings.items():
@@ -140,7 +149,7 @@ def main():
     print({k: str(v) for k, v in hpatches.save_results(results, a.outputs, "quality").items()})
     joint = [k for k in results if k.startswith("hndesc_joint")]
     if joint:
-        print("figures:", detection_figures(a.outputs, confs[joint[0]], joint[0]))
+        print("figures:", detection_figures(a.outputs, confs[joint[0]], joint[0], a.max_size))
     ref = results.get("sift-desc on same kpts")
     for label in results:
         if label.startswith("hndesc (") and ref is not None:
