@@ -18,7 +18,7 @@ def main():
     p.add_argument("--outputs", type=Path, default=ROOT / "outputs" / "bench_quality",
                    help="folder of descriptor_quality.py whose features are compared (default: %(default)s)")
     a = p.parse_args()
-    confs = {k: v for k, v in method_confs([]).items() if k in ("hndesc (lite, shipped)", "opencv sift (defaults)",
+    confs = {k: v for k, v in method_confs([]).items() if k in ("hndesc (shipped conf)", "opencv sift (defaults)",
                                                                 "sift-desc on same kpts", "disk")}
     results, timings, dims = evaluate_methods(a.outputs, confs)
     print("\n| method | MMA@3 v | MMA@3 i | H-acc@3px v | H-acc@3px i | ms / image (640 px) | descriptor |")

@@ -28,7 +28,7 @@ def method_confs(extra_weights: list[Path], extra_joint_weights: list[Path] = ()
     c = extract_features.confs
     po = extract_features.parse_overrides
     confs = {
-        "hndesc (lite, shipped)": c["hndesc"],
+        "hndesc (shipped conf)": c["hndesc"],
         "sift-desc on same kpts": c["sift"],
         "opencv sift (defaults)": po(c["sift"], ["model.detector.contrast_threshold=0.04",
                                                  "model.detector.normalize_image=false"]),
@@ -122,8 +122,9 @@ def main():
     p.add_argument("--joint_weights", nargs="*", type=Path, default=[],
                    help="more hndesc_joint checkpoints (runs/<name>/best_val.pt) to compare")
     p.add_argument("--variant", nargs="*", default=[],
-                   help='extra methods as "CONF key=value ...", e.g. "hndesc model.scale_pooling=[1.0]" '
-                        '(the shipped conf without its scale pooling)')
+                   help='extra methods as "CONF key=value ...", e.g. "hndesc model.scale_pooling=[1.0] '
+                        'model.matchability_candidates=null" (the shipped conf without its scale pooling, '
+                        'and so without the selection by its head, learned for that pooling)')
     p.add_argument("--only_weights", action="store_true",
                    help="evaluate only --weights / --joint_weights / --variant (ablations)")
     p.add_argument("--max_size", type=int, default=DEFAULT_SIZE,

@@ -1,5 +1,5 @@
-"""Extraction speed and peak memory on 1024 px images: HNDesc (the `hndesc` conf; without its keypoint
-selection and coarse context, as shipped before the fourteenth session; lite too), hndesc_joint (HNDesc's own detection head), HNDesc caps backbone, DISK (when its weights are
+"""Extraction speed and peak memory on 1024 px images: HNDesc (the `hndesc` conf; also without its keypoint
+selection and coarse context, the same scale pooling; lite too), hndesc_joint (HNDesc's own detection head), HNDesc caps backbone, DISK (when its weights are
 installed) and pycolmap's SIFT extraction of the same images, in one run.
 
     python benchmarks/extract.py [--num_images 12] [--variant "hndesc model.rotation_pooling.angles=[-10,10] model.rotation_pooling.scales=[0.7071]" ...]

@@ -24,12 +24,13 @@ from .utils.cli import Parser, run as run_cli
 confs = {
     # Shipped effnet_std network (ImageNet-initialised encoder, standardised input) on OpenCV SIFT
     # (DoG) keypoints: the 4096 most matchable of 16384 by the weights' matchability head,
-    # descriptors pooled over the image at full and half resolution, with the coarse context
-    # appended at weight 0.5 (320-d; model.context_weight=null gives the 128-d fine part): the default.
+    # descriptors pooled over the image upsampled by sqrt(2), at full and at half resolution (the
+    # pooling the head was learned for), with the coarse context appended at weight 0.5 on the file's
+    # 32-axis context basis (160-d; model.context_weight=null gives the 128-d fine part): the default.
     "hndesc": {
-        "output": "feats-hndesc-effnet_std-ctx-sift16k-n4096-r1024",
+        "output": "feats-hndesc-effnet_std-ctx-up-sift16k-n4096-r1024",
         "model": {"name": "hndesc", "backbone": "effnet_std", "weights": "default",
-                  "detector": {"name": "sift", "max_keypoints": 4096}, "scale_pooling": [1.0, 0.5],
+                  "detector": {"name": "sift", "max_keypoints": 4096}, "scale_pooling": [1.4142, 1.0, 0.5],
                   "matchability_candidates": 16384, "context_weight": 0.5},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
