@@ -111,3 +111,25 @@ def test_fusion_for_inference_keeps_the_function_and_refuses_training():
     assert all(torch.equal(before[k], v) for k, v in fused.state_dict().items())
     with pytest.raises(RuntimeError, match="fused for inference"):
         fused.train()
+
+
+def test_inplace_activations_keep_training_gradients(monkeypatch):
+    """The encoder's ReLU6 run in place (an inference speed-up): in training, forward and every
+    parameter's gradient equal those of out-of-place activations (autograd would also raise if an
+    in-place write destroyed a value its backward needs)."""
+    torch.manual_seed(0)
+    net = EffNetBackbone().train()
+    x = torch.rand(2, 3, 96, 96)
+
+    def grads():
+        net.zero_grad()
+        loss = sum(v.square().mean() for v in net(x).values())
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    loss_inplace, g_inplace = grads()
+    relu6 = F.relu6
+    monkeypatch.setattr(F, "relu6", lambda t, inplace=False: relu6(t))
+    loss_plain, g_plain = grads()
+    assert torch.equal(loss_inplace, loss_plain) and len(g_plain) > 100
+    assert all(torch.equal(g_inplace[k], g_plain[k]) for k in g_plain)
