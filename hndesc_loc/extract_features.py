@@ -20,6 +20,15 @@ from .registry import get as registry_get
 from .utils.base_model import merge_conf
 from .utils.cli import Parser, run as run_cli
 
+
+def hndesc_description(detector: dict, candidates: int) -> dict:
+    """The `hndesc` conf's model on any detector: the shipped effnet_std file, the `candidates`
+    strongest detections of which the detector's max_keypoints most matchable are kept by the
+    file's head, described over the pooling that head was learned for, with the coarse context."""
+    return {"name": "hndesc", "backbone": "effnet_std", "weights": "default", "detector": detector,
+            "scale_pooling": [1.4142, 1.0, 0.5], "matchability_candidates": candidates, "context_weight": 0.5}
+
+
 # hloc-shaped confs. `output` is the file name stem in export_dir.
 confs = {
     # Shipped effnet_std network (ImageNet-initialised encoder, standardised input) on OpenCV SIFT
@@ -29,9 +38,7 @@ confs = {
     # 32-axis context basis (160-d; model.context_weight=null gives the 128-d fine part): the default.
     "hndesc": {
         "output": "feats-hndesc-effnet_std-ctx-up-sift16k-n4096-r1024",
-        "model": {"name": "hndesc", "backbone": "effnet_std", "weights": "default",
-                  "detector": {"name": "sift", "max_keypoints": 4096}, "scale_pooling": [1.4142, 1.0, 0.5],
-                  "matchability_candidates": 16384, "context_weight": 0.5},
+        "model": hndesc_description({"name": "sift", "max_keypoints": 4096}, 16384),
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
     # Detect and describe with HNDesc alone: the trained detection head of the lite network.
@@ -74,9 +81,7 @@ confs = {
     # the same scale pooling (the head's) and coarse context.
     "hndesc_disk": {
         "output": "feats-hndesc-effnet_std-ctx-up-disk8k-n4096-r1024",
-        "model": {"name": "hndesc", "backbone": "effnet_std", "weights": "default",
-                  "detector": {"name": "disk", "max_keypoints": 4096}, "scale_pooling": [1.4142, 1.0, 0.5],
-                  "matchability_candidates": 8192, "context_weight": 0.5},
+        "model": hndesc_description({"name": "disk", "max_keypoints": 4096}, 8192),
         "preprocessing": {"grayscale": False, "resize_max": 1024},
     },
     # HNDesc descriptors on SuperPoint keypoints, as in the paper (superpoint_v1.pth from the user).
